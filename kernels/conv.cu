@@ -1,0 +1,207 @@
+// Convolution (and linear layers, as 1x1 convolutions over a 1 x rows image), NHWC bf16 with f32
+// accumulation, as an implicit GEMM: no im2col buffer. Per sample s the GEMM has
+//   rows = output pixels (ho * wo), columns = cout, K = ksize * ksize * cin,
+// with weights prepared as w[member][cout][ky][kx][cin] (K contiguous per output channel).
+//
+//   y[s, p, co] = act(sum_k in'[s, p, k] * w[s % members][co][k] + bias[s % members][co]) + residual[s, p, co]
+//
+// in' = x, or (when `stats` is not null) the fused GroupNorm(+SiLU) prologue applied while tiles
+// are loaded: (x - mean) * rstd * gamma + beta (then SiLU); zero padding stays zero, as in
+// conv(silu(group_norm(x))). `members` > 1 gives the per-member last layer (sample s uses weight
+// set s % members). FLOPs: 2 * n * ho * wo * cout * K; bytes: activations once per column tile,
+// weights once per row tile.
+#include "uq_common.cuh"
+#include "uq_mma.cuh"
+
+#define CONV_BM 64
+#define CONV_BN 64
+#define CONV_BK 32
+// Row stride of the shared tiles: 40 bf16 = 80 bytes keeps ldmatrix rows 16-byte aligned and
+// spreads the 8 rows of each 8x8 matrix over distinct bank groups.
+#define CONV_LDS (CONV_BK + 8)
+
+/// One input element of the implicit im2col matrix with the optional GroupNorm(+SiLU) prologue.
+__device__ __forceinline__ float conv_prologue(float v, int s, int ci, const float* __restrict__ stats,
+                                               const float* __restrict__ gamma, const float* __restrict__ beta,
+                                               int groups, int cpg, int norm_silu) {
+    const float* st = stats + (s * groups + ci / cpg) * 2;
+    v = (v - st[0]) * st[1] * gamma[ci] + beta[ci];
+    if (norm_silu) v = v * uq_sigmoid(v);
+    return v;
+}
+
+/// Tensor-core path: 64x64 output tile per block of 128 threads (4 warps of 32x32), K in steps
+/// of 32, bf16 mma.sync m16n8k16 with f32 accumulators. Grid (ceil(ho*wo/64), ceil(cout/64), n).
+extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
+    const bf16* __restrict__ x, const bf16* __restrict__ w, const float* __restrict__ bias,
+    const bf16* __restrict__ residual, bf16* __restrict__ y, const float* __restrict__ stats,
+    const float* __restrict__ gamma, const float* __restrict__ beta, int h, int wd, int cin, int ho, int wo,
+    int cout, int ksize, int stride, int pad, int members, int groups, int norm_silu, int act) {
+    __shared__ __align__(16) bf16 As[CONV_BM][CONV_LDS];
+    __shared__ __align__(16) bf16 Bs[CONV_BN][CONV_LDS];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int s = blockIdx.z, member = s % members;
+    const int P = ho * wo, K = ksize * ksize * cin;
+    const int row0 = blockIdx.x * CONV_BM, col0 = blockIdx.y * CONV_BN;
+    const bool norm = stats != nullptr;
+    const int cpg = norm ? cin / groups : 1;
+    const bool vec_a = (cin % 8) == 0 && (((unsigned long long)x) & 15) == 0;
+    const bool vec_b = (K % 8) == 0 && (((unsigned long long)w) & 15) == 0;
+    const bf16* wm_base = w + (long long)member * cout * K;
+
+    // Each thread loads two 8-element chunks of each tile: chunk c -> row c / 4, k offset (c % 4) * 8.
+    int a_iy0[2], a_ix0[2], a_ok[2];
+    for (int i = 0; i < 2; ++i) {
+        const int c = tid + 128 * i, pix = row0 + (c >> 2);
+        a_ok[i] = pix < P;
+        const int oy = a_ok[i] ? pix / wo : 0, ox = a_ok[i] ? pix % wo : 0;
+        a_iy0[i] = oy * stride - pad;
+        a_ix0[i] = ox * stride - pad;
+    }
+
+    float acc[2][4][4];
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 4; ++b)
+            for (int e = 0; e < 4; ++e) acc[a][b][e] = 0.0f;
+
+    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
+        uint4 ra[2], rb[2];
+        for (int i = 0; i < 2; ++i) {
+            const int c = tid + 128 * i, kc = (c & 3) * 8, kg = k0 + kc;
+            // A chunk: 8 consecutive k of one output pixel.
+            bf16 va[8];
+            if (vec_a) {
+                bool ok = a_ok[i] && kg < K;
+                int tap = 0, ci = 0, iy = 0, ix = 0;
+                if (ok) {
+                    tap = kg / cin;
+                    ci = kg - tap * cin;
+                    iy = a_iy0[i] + tap / ksize;
+                    ix = a_ix0[i] + tap % ksize;
+                    ok = iy >= 0 && iy < h && ix >= 0 && ix < wd;
+                }
+                if (ok) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(x + (((long long)s * h + iy) * wd + ix) * cin + ci);
+                    const bf16* e = reinterpret_cast<const bf16*>(&raw);
+                    for (int j = 0; j < 8; ++j)
+                        va[j] = norm ? __float2bfloat16(conv_prologue(uq_bf16_to_f32(e[j]), s, ci + j, stats, gamma,
+                                                                      beta, groups, cpg, norm_silu))
+                                     : e[j];
+                } else {
+                    for (int j = 0; j < 8; ++j) va[j] = __float2bfloat16(0.0f);
+                }
+            } else {
+                for (int j = 0; j < 8; ++j) {
+                    const int kk = kg + j;
+                    float v = 0.0f;
+                    if (a_ok[i] && kk < K) {
+                        const int tap = kk / cin, ci = kk - tap * cin;
+                        const int iy = a_iy0[i] + tap / ksize, ix = a_ix0[i] + tap % ksize;
+                        if (iy >= 0 && iy < h && ix >= 0 && ix < wd) {
+                            v = uq_ld(x + (((long long)s * h + iy) * wd + ix) * cin + ci);
+                            if (norm) v = conv_prologue(v, s, ci, stats, gamma, beta, groups, cpg, norm_silu);
+                        }
+                    }
+                    va[j] = __float2bfloat16(v);
+                }
+            }
+            ra[i] = *reinterpret_cast<const uint4*>(va);
+            // B chunk: 8 consecutive k of one output channel.
+            const int co = col0 + (c >> 2);
+            if (co < cout && vec_b && kg + 8 <= K) {
+                rb[i] = *reinterpret_cast<const uint4*>(wm_base + (long long)co * K + kg);
+            } else {
+                bf16 vb[8];
+                for (int j = 0; j < 8; ++j)
+                    vb[j] = (co < cout && kg + j < K) ? wm_base[(long long)co * K + kg + j] : __float2bfloat16(0.0f);
+                rb[i] = *reinterpret_cast<const uint4*>(vb);
+            }
+        }
+        __syncthreads();  // the previous step's fragments have been read
+        for (int i = 0; i < 2; ++i) {
+            const int c = tid + 128 * i;
+            *reinterpret_cast<uint4*>(&As[c >> 2][(c & 3) * 8]) = ra[i];
+            *reinterpret_cast<uint4*>(&Bs[c >> 2][(c & 3) * 8]) = rb[i];
+        }
+        __syncthreads();
+        for (int kk = 0; kk < CONV_BK; kk += 16) {
+            unsigned af[2][4], bfr[4][2];
+            for (int mt = 0; mt < 2; ++mt)
+                ldmatrix_x4(af[mt], &As[wm * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
+            for (int np = 0; np < 2; ++np) {
+                unsigned r[4];
+                ldmatrix_x4(r, &Bs[wn * 32 + np * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+                bfr[2 * np][0] = r[0];
+                bfr[2 * np][1] = r[1];
+                bfr[2 * np + 1][0] = r[2];
+                bfr[2 * np + 1][1] = r[3];
+            }
+            for (int mt = 0; mt < 2; ++mt)
+                for (int nt = 0; nt < 4; ++nt) mma_m16n8k16_bf16(acc[mt][nt], af[mt], bfr[nt], acc[mt][nt]);
+        }
+    }
+
+    // Epilogue: bias, activation, residual; accumulator (mt, nt, e) sits at row g (+8 for e >= 2),
+    // column 2t + (e & 1) of its 16x8 tile.
+    const int g = lane >> 2, t = lane & 3;
+    for (int mt = 0; mt < 2; ++mt)
+        for (int nt = 0; nt < 4; ++nt)
+            for (int e = 0; e < 4; ++e) {
+                const int row = row0 + wm * 32 + mt * 16 + g + (e >= 2 ? 8 : 0);
+                const int co = col0 + wn * 32 + nt * 8 + 2 * t + (e & 1);
+                if (row >= P || co >= cout) continue;
+                float v = acc[mt][nt][e];
+                if (bias) v += bias[member * cout + co];
+                v = uq_activate(v, act);
+                const long long idx = ((long long)s * P + row) * cout + co;
+                if (residual) v += uq_ld(residual + idx);
+                uq_st(y + idx, v);
+            }
+}
+
+/// Plain f32 path for the edges of a network (few input or output channels, where a 64x64
+/// tensor-core tile would be mostly padding): one thread per output element, same semantics as
+/// conv2d_mma. Grid-stride over n * ho * wo * cout outputs.
+extern "C" __global__ void conv2d_simple(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                         const float* __restrict__ bias, const bf16* __restrict__ residual,
+                                         bf16* __restrict__ y, const float* __restrict__ stats,
+                                         const float* __restrict__ gamma, const float* __restrict__ beta, int n, int h,
+                                         int wd, int cin, int ho, int wo, int cout, int ksize, int stride, int pad,
+                                         int members, int groups, int norm_silu, int act) {
+    const long long total = (long long)n * ho * wo * cout;
+    const int K = ksize * ksize * cin;
+    const bool norm = stats != nullptr;
+    const int cpg = norm ? cin / groups : 1;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int co = (int)(i % cout);
+        long long r = i / cout;
+        const int ox = (int)(r % wo);
+        r /= wo;
+        const int oy = (int)(r % ho);
+        const int s = (int)(r / ho), member = s % members;
+        const bf16* wr = w + ((long long)member * cout + co) * K;
+        float sum = 0.0f;
+        for (int ky = 0; ky < ksize; ++ky) {
+            const int iy = oy * stride - pad + ky;
+            if (iy < 0 || iy >= h) continue;
+            for (int kx = 0; kx < ksize; ++kx) {
+                const int ix = ox * stride - pad + kx;
+                if (ix < 0 || ix >= wd) continue;
+                const bf16* xp = x + (((long long)s * h + iy) * wd + ix) * cin;
+                const bf16* wp = wr + (ky * ksize + kx) * cin;
+                for (int ci = 0; ci < cin; ++ci) {
+                    float v = uq_ld(xp + ci);
+                    if (norm) v = conv_prologue(v, s, ci, stats, gamma, beta, groups, cpg, norm_silu);
+                    sum += v * uq_ld(wp + ci);
+                }
+            }
+        }
+        if (bias) sum += bias[member * cout + co];
+        sum = uq_activate(sum, act);
+        if (residual) sum += uq_ld(residual + i);
+        uq_st(y + i, sum);
+    }
+}

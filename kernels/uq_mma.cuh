@@ -1,0 +1,118 @@
+// Tensor-core fragment helpers (bf16 mma.sync m16n8k16 with f32 accumulation, ldmatrix loads).
+// On the device they are single PTX instructions; under UQ_EMU the same per-lane fragment layouts
+// (PTX ISA, "Matrix fragments for mma.m16n8k16" and "ldmatrix") are computed on the host through
+// the warp's exchange slots.
+//
+// Fragment layouts, lane l, g = l / 4, t = l % 4 (each 32-bit register holds two bf16, the lower
+// column/row index in the low half):
+//   A (16x16, row-major): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..],
+//                         a[3] = A[g+8][2t+8..]
+//   B (16x8, "col"):      b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+//   C, D (16x8 f32):      c[0], c[1] = C[g][2t], C[g][2t+1]; c[2], c[3] = C[g+8][2t], C[g+8][2t+1]
+#pragma once
+#include "uq_common.cuh"
+
+#ifndef UQ_EMU
+
+/// d = A * B + c for one 16x8x16 tile (bf16 inputs, f32 accumulators), warp-wide.
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+}
+
+/// Four 8x8 b16 matrices from shared memory: lanes 8j..8j+7 give the row addresses of matrix j
+/// (16-byte aligned rows of 8 elements); r[j] = matrix j's elements (g, 2t), (g, 2t+1).
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+/// Two 8x8 b16 matrices (row addresses from lanes 0..15).
+__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const void* row) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+/// Transposed form: r[j] = matrix j's elements (2t, g), (2t+1, g).
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* row) {
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
+#else  // UQ_EMU
+
+namespace uq_emu {
+inline float bf16_lo(unsigned r) { return bf16_bits_to_f32((unsigned short)(r & 0xffffu)); }
+inline float bf16_hi(unsigned r) { return bf16_bits_to_f32((unsigned short)(r >> 16)); }
+inline float bf16_half(unsigned r, int hi) { return hi ? bf16_hi(r) : bf16_lo(r); }
+
+/// Element (row, col) of the warp's A fragments (slot words 0..3).
+inline float frag_a(int row, int k) {
+    const int l = (row % 8) * 4 + (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+    return bf16_half(get<unsigned>(l, reg), k & 1);
+}
+/// Element (k, n) of the warp's B fragments (slot words 4..5).
+inline float frag_b(int k, int n) {
+    const int l = n * 4 + (k % 8) / 2, reg = 4 + (k >= 8 ? 1 : 0);
+    return bf16_half(get<unsigned>(l, reg), k & 1);
+}
+
+template <int N, bool Trans>
+inline void ldmatrix(unsigned* r, const void* row) {
+    Warp& w = warp();
+    const unsigned l = lane();
+    put(l, 0, row);
+    w.sync();
+    const unsigned g = l / 4, t = l % 4;
+    for (int j = 0; j < N; ++j) {
+        unsigned short lo, hi;
+        if (!Trans) {
+            const auto* p = static_cast<const unsigned short*>(get<const void*>(8 * j + g, 0));
+            lo = p[2 * t];
+            hi = p[2 * t + 1];
+        } else {
+            const auto* p0 = static_cast<const unsigned short*>(get<const void*>(8 * j + 2 * t, 0));
+            const auto* p1 = static_cast<const unsigned short*>(get<const void*>(8 * j + 2 * t + 1, 0));
+            lo = p0[g];
+            hi = p1[g];
+        }
+        r[j] = unsigned(lo) | (unsigned(hi) << 16);
+    }
+    w.sync();
+}
+}  // namespace uq_emu
+
+inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    uq_emu::Warp& w = uq_emu::warp();
+    const unsigned l = uq_emu::lane();
+    for (int i = 0; i < 4; ++i) uq_emu::put(l, i, a[i]);
+    uq_emu::put(l, 4, b[0]);
+    uq_emu::put(l, 5, b[1]);
+    w.sync();
+    const int g = l / 4, t = l % 4;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += uq_emu::frag_a(row, k) * uq_emu::frag_b(k, col);
+        out[i] = c[i] + s;
+    }
+    w.sync();
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+inline void ldmatrix_x4(unsigned r[4], const void* row) { uq_emu::ldmatrix<4, false>(r, row); }
+inline void ldmatrix_x2(unsigned r[2], const void* row) { uq_emu::ldmatrix<2, false>(r, row); }
+inline void ldmatrix_x4_trans(unsigned r[4], const void* row) { uq_emu::ldmatrix<4, true>(r, row); }
+inline void ldmatrix_x2_trans(unsigned r[2], const void* row) { uq_emu::ldmatrix<2, true>(r, row); }
+
+#endif

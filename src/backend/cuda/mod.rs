@@ -1,0 +1,9 @@
+//! The CUDA backend: the op set of [`crate::backend::Backend`] as handwritten kernels
+//! (`kernels/*.cu`) on a [`device::Device`]: a real GPU ([`gpu::GpuDevice`]) or, with feature
+//! `emu`, the same kernels compiled for the host ([`emu::EmuDevice`]).
+
+pub mod device;
+#[cfg(feature = "emu")]
+pub mod emu;
+pub mod gpu;
+pub mod kernels;
