@@ -30,9 +30,11 @@ extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __r
         Qs[i] = q0 + r < lq ? uq_ld(qb + (q0 + r) * ld + d) * scale : 0.0f;
     }
     float m[4], l[4], acc[4][ATT_MAX_DH / 32];
+#pragma unroll
     for (int r = 0; r < 4; ++r) {
         m[r] = UQ_NEG_INF;
         l[r] = 0.0f;
+#pragma unroll
         for (int i = 0; i < ATT_MAX_DH / 32; ++i) acc[r][i] = 0.0f;
     }
 
@@ -46,6 +48,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __r
         }
         __syncthreads();
         const bool key_ok = kt + lane < lk;
+#pragma unroll
         for (int r = 0; r < 4; ++r) {
             const float* qr = Qs + (warp * 4 + r) * dh;
             const float* kr = Ks + lane * (dh + 1);
@@ -59,6 +62,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __r
             m[r] = m_new;
             Ps[warp * 32 + lane] = p;
             __syncwarp();
+#pragma unroll
             for (int i = 0; i < ATT_MAX_DH / 32; ++i) {
                 const int d = lane + 32 * i;
                 if (d < dh) {
@@ -70,10 +74,12 @@ extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __r
             __syncwarp();
         }
     }
+#pragma unroll
     for (int r = 0; r < 4; ++r) {
         const int qi = q0 + warp * 4 + r;
         if (qi >= lq) continue;
         const float inv = 1.0f / l[r];
+#pragma unroll
         for (int i = 0; i < ATT_MAX_DH / 32; ++i) {
             const int d = lane + 32 * i;
             if (d < dh) uq_st(out + (long long)s * lq * ld + qi * ld + hh * dh + d, acc[r][i] * inv);

@@ -53,6 +53,7 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
 
     // Each thread loads two 8-element chunks of each tile: chunk c -> row c / 4, k offset (c % 4) * 8.
     int a_iy0[2], a_ix0[2], a_ok[2];
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int c = tid + 128 * i, pix = row0 + (c >> 2);
         a_ok[i] = pix < P;
@@ -62,16 +63,20 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
     }
 
     float acc[2][4][4];
+#pragma unroll
     for (int a = 0; a < 2; ++a)
+#pragma unroll
         for (int b = 0; b < 4; ++b)
+#pragma unroll
             for (int e = 0; e < 4; ++e) acc[a][b][e] = 0.0f;
 
     for (int k0 = 0; k0 < K; k0 += CONV_BK) {
         uint4 ra[2], rb[2];
+#pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = tid + 128 * i, kc = (c & 3) * 8, kg = k0 + kc;
             // A chunk: 8 consecutive k of one output pixel.
-            bf16 va[8];
+            unsigned pa[4];
             if (vec_a) {
                 bool ok = a_ok[i] && kg < K;
                 int tap = 0, ci = 0, iy = 0, ix = 0;
@@ -82,17 +87,22 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
                     ix = a_ix0[i] + tap % ksize;
                     ok = iy >= 0 && iy < h && ix >= 0 && ix < wd;
                 }
-                if (ok) {
-                    const uint4 raw = *reinterpret_cast<const uint4*>(x + (((long long)s * h + iy) * wd + ix) * cin + ci);
-                    const bf16* e = reinterpret_cast<const bf16*>(&raw);
-                    for (int j = 0; j < 8; ++j)
-                        va[j] = norm ? __float2bfloat16(conv_prologue(uq_bf16_to_f32(e[j]), s, ci + j, stats, gamma,
-                                                                      beta, groups, cpg, norm_silu))
-                                     : e[j];
-                } else {
-                    for (int j = 0; j < 8; ++j) va[j] = __float2bfloat16(0.0f);
+                uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+                if (ok) raw = *reinterpret_cast<const uint4*>(x + (((long long)s * h + iy) * wd + ix) * cin + ci);
+                pa[0] = raw.x;
+                pa[1] = raw.y;
+                pa[2] = raw.z;
+                pa[3] = raw.w;
+                if (norm && ok) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        pa[j] = uq_pack_bf16x2(
+                            conv_prologue(uq_bf16_lo(pa[j]), s, ci + 2 * j, stats, gamma, beta, groups, cpg, norm_silu),
+                            conv_prologue(uq_bf16_hi(pa[j]), s, ci + 2 * j + 1, stats, gamma, beta, groups, cpg, norm_silu));
                 }
             } else {
+                float va[8];
+#pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     const int kk = kg + j;
                     float v = 0.0f;
@@ -104,32 +114,43 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
                             if (norm) v = conv_prologue(v, s, ci, stats, gamma, beta, groups, cpg, norm_silu);
                         }
                     }
-                    va[j] = __float2bfloat16(v);
+                    va[j] = v;
                 }
+#pragma unroll
+                for (int j = 0; j < 4; ++j) pa[j] = uq_pack_bf16x2(va[2 * j], va[2 * j + 1]);
             }
-            ra[i] = *reinterpret_cast<const uint4*>(va);
+            ra[i] = make_uint4(pa[0], pa[1], pa[2], pa[3]);
             // B chunk: 8 consecutive k of one output channel.
             const int co = col0 + (c >> 2);
             if (co < cout && vec_b && kg + 8 <= K) {
                 rb[i] = *reinterpret_cast<const uint4*>(wm_base + (long long)co * K + kg);
             } else {
-                bf16 vb[8];
-                for (int j = 0; j < 8; ++j)
-                    vb[j] = (co < cout && kg + j < K) ? wm_base[(long long)co * K + kg + j] : __float2bfloat16(0.0f);
-                rb[i] = *reinterpret_cast<const uint4*>(vb);
+                unsigned pb[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k1 = kg + 2 * j;
+                    const float b0 = (co < cout && k1 < K) ? uq_ld(wm_base + (long long)co * K + k1) : 0.0f;
+                    const float b1 = (co < cout && k1 + 1 < K) ? uq_ld(wm_base + (long long)co * K + k1 + 1) : 0.0f;
+                    pb[j] = uq_pack_bf16x2(b0, b1);
+                }
+                rb[i] = make_uint4(pb[0], pb[1], pb[2], pb[3]);
             }
         }
         __syncthreads();  // the previous step's fragments have been read
+#pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = tid + 128 * i;
             *reinterpret_cast<uint4*>(&As[c >> 2][(c & 3) * 8]) = ra[i];
             *reinterpret_cast<uint4*>(&Bs[c >> 2][(c & 3) * 8]) = rb[i];
         }
         __syncthreads();
+#pragma unroll
         for (int kk = 0; kk < CONV_BK; kk += 16) {
             unsigned af[2][4], bfr[4][2];
+#pragma unroll
             for (int mt = 0; mt < 2; ++mt)
                 ldmatrix_x4(af[mt], &As[wm * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
+#pragma unroll
             for (int np = 0; np < 2; ++np) {
                 unsigned r[4];
                 ldmatrix_x4(r, &Bs[wn * 32 + np * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
@@ -138,7 +159,9 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
                 bfr[2 * np + 1][0] = r[2];
                 bfr[2 * np + 1][1] = r[3];
             }
+#pragma unroll
             for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
                 for (int nt = 0; nt < 4; ++nt) mma_m16n8k16_bf16(acc[mt][nt], af[mt], bfr[nt], acc[mt][nt]);
         }
     }
@@ -146,8 +169,11 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
     // Epilogue: bias, activation, residual; accumulator (mt, nt, e) sits at row g (+8 for e >= 2),
     // column 2t + (e & 1) of its 16x8 tile.
     const int g = lane >> 2, t = lane & 3;
+#pragma unroll
     for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
         for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int row = row0 + wm * 32 + mt * 16 + g + (e >= 2 ? 8 : 0);
                 const int co = col0 + wn * 32 + nt * 8 + 2 * t + (e & 1);

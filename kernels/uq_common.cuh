@@ -30,6 +30,14 @@ __device__ __forceinline__ float uq_ld(const bf16* p) { return __bfloat162float(
 __device__ __forceinline__ void uq_st(bf16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ float uq_bf16_to_f32(bf16 v) { return __bfloat162float(v); }
 
+/// Two bf16 (round to nearest even) in one 32-bit word, `a` in the low half.
+__device__ __forceinline__ unsigned uq_pack_bf16x2(float a, float b) {
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16(a)) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16(b)) << 16);
+}
+/// The low / high bf16 of a packed word, as f32 (exact).
+__device__ __forceinline__ float uq_bf16_lo(unsigned u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float uq_bf16_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
+
 __device__ __forceinline__ float uq_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /// Apply activation `act` (UQ_ACT_*) to one value in f32.
