@@ -9,7 +9,8 @@ pub mod cuda;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// Shape of a 2-D convolution (square kernel, symmetric zero padding).
+/// Shape of a 2-D convolution: square kernel, `padding` zeros on every side plus `pad_end`
+/// extra zeros at the bottom and right (diffusers' `Downsample2D` with padding 0 pads (0,1,0,1)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvSpec {
     pub cin: usize,
@@ -17,14 +18,26 @@ pub struct ConvSpec {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+    pub pad_end: usize,
 }
 
 impl ConvSpec {
+    /// A `k x k` convolution with symmetric padding `padding`.
+    pub fn new(cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Self {
+        ConvSpec {
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+            pad_end: 0,
+        }
+    }
     /// Output spatial size for an input of `h x w`.
     pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         (
-            (h + 2 * self.padding - self.kernel) / self.stride + 1,
-            (w + 2 * self.padding - self.kernel) / self.stride + 1,
+            (h + 2 * self.padding + self.pad_end - self.kernel) / self.stride + 1,
+            (w + 2 * self.padding + self.pad_end - self.kernel) / self.stride + 1,
         )
     }
 }

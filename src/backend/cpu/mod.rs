@@ -1,1 +1,337 @@
-//! CPU backend (reference implementation).
+//! The CPU backend: f32, NHWC, multithreaded (rayon). It is both the fallback runtime and the
+//! reference every device kernel is tested against. Fused ops are the plain compositions.
+
+mod attention;
+mod conv;
+pub mod gemm;
+mod norm;
+
+use rayon::prelude::*;
+
+use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub use attention::attention as attention_host;
+
+/// x * sigmoid(x)
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Apply an activation to one value.
+#[inline]
+pub fn activate(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => x,
+        Activation::Silu => silu(x),
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+    }
+}
+
+/// The CPU backend.
+#[derive(Default, Clone, Debug)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn host(x: &Tensor) -> Result<&[f32]> {
+    x.host_data().ok_or_else(|| Error::Backend {
+        backend: "cpu".into(),
+        msg: format!("tensor {:?} is not in host memory", x.shape()),
+    })
+}
+
+fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::Backend {
+            backend: "cpu".into(),
+            msg: msg(),
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        check(shape.iter().product::<usize>() == data.len(), || {
+            format!("upload: {} values for shape {shape:?}", data.len())
+        })?;
+        Ok(Tensor::host(shape.to_vec(), data.to_vec()))
+    }
+
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(host(x)?.to_vec())
+    }
+
+    fn prepare_conv(&self, spec: ConvSpec, w_oihw: &[f32], bias: Option<&[f32]>) -> Result<Conv2d> {
+        let k = spec.kernel;
+        check(w_oihw.len() == spec.cout * spec.cin * k * k, || {
+            format!("conv weights: {} values for {spec:?}", w_oihw.len())
+        })?;
+        let w = conv::reorder_oihw(&spec, w_oihw);
+        Ok(Conv2d {
+            spec,
+            weight: Tensor::host(vec![k * k * spec.cin, spec.cout], w),
+            bias: bias.map(|b| Tensor::host(vec![b.len()], b.to_vec())),
+        })
+    }
+
+    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
+        check(w.len() == din * dout, || format!("linear weights: {} values for {dout}x{din}", w.len()))?;
+        let mut t = vec![0.0f32; din * dout];
+        for o in 0..dout {
+            for i in 0..din {
+                t[i * dout + o] = w[o * din + i];
+            }
+        }
+        Ok(Linear {
+            din,
+            dout,
+            weight: Tensor::host(vec![din, dout], t),
+            bias: bias.map(|b| Tensor::host(vec![b.len()], b.to_vec())),
+        })
+    }
+
+    fn conv2d(&self, x: &Tensor, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let spec = conv.spec;
+        check(c == spec.cin, || format!("conv2d: input {:?} for {spec:?}", x.shape()))?;
+        let (ho, wo) = spec.out_hw(h, w);
+        let res = match residual {
+            Some(r) => {
+                check(r.shape() == [n, ho, wo, spec.cout], || {
+                    format!("conv2d: residual {:?} for output {:?}", r.shape(), [n, ho, wo, spec.cout])
+                })?;
+                Some(host(r)?)
+            }
+            None => None,
+        };
+        let bias = match &conv.bias {
+            Some(b) => Some(host(b)?),
+            None => None,
+        };
+        let y = conv::conv2d_nhwc(&spec, host(x)?, n, h, w, host(&conv.weight)?, bias, res);
+        Ok(Tensor::host(vec![n, ho, wo, spec.cout], y))
+    }
+
+    fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
+        let k = convs.len();
+        let (nb, h, w, c) = x.nhwc();
+        check(k > 0 && nb % k == 0, || format!("conv2d_members: batch {nb} is not a multiple of {k} members"))?;
+        let xs = host(x)?;
+        let per_in = h * w * c;
+        let spec = convs[0].spec;
+        let (ho, wo) = spec.out_hw(h, w);
+        let per_out = ho * wo * spec.cout;
+        let b = nb / k;
+        let mut out = vec![0.0f32; nb * per_out];
+        for (m, conv) in convs.iter().enumerate() {
+            let mut gathered = Vec::with_capacity(b * per_in);
+            for i in 0..b {
+                let s = (i * k + m) * per_in;
+                gathered.extend_from_slice(&xs[s..s + per_in]);
+            }
+            let y = self.conv2d(&Tensor::host(vec![b, h, w, c], gathered), conv, None)?;
+            let ys = host(&y)?;
+            for i in 0..b {
+                let d = (i * k + m) * per_out;
+                out[d..d + per_out].copy_from_slice(&ys[i * per_out..(i + 1) * per_out]);
+            }
+        }
+        Ok(Tensor::host(vec![nb, ho, wo, spec.cout], out))
+    }
+
+    fn group_norm(&self, x: &Tensor, nm: &Norm, apply_silu: bool) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        check(c == nm.channels && c % nm.groups == 0, || {
+            format!("group_norm: input {:?} for {} channels in {} groups", x.shape(), nm.channels, nm.groups)
+        })?;
+        let y = norm::group_norm_nhwc(
+            host(x)?,
+            n,
+            h * w,
+            c,
+            nm.groups,
+            nm.eps,
+            host(&nm.gamma)?,
+            host(&nm.beta)?,
+            apply_silu,
+        );
+        Ok(Tensor::host(x.shape().to_vec(), y))
+    }
+
+    fn layer_norm(&self, x: &Tensor, nm: &Norm) -> Result<Tensor> {
+        let d = *x.shape().last().unwrap_or(&0);
+        check(d == nm.channels, || format!("layer_norm: input {:?} for dim {}", x.shape(), nm.channels))?;
+        let y = norm::layer_norm(host(x)?, d, nm.eps, host(&nm.gamma)?, host(&nm.beta)?);
+        Ok(Tensor::host(x.shape().to_vec(), y))
+    }
+
+    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        let shape = x.shape();
+        let din = *shape.last().unwrap_or(&0);
+        check(din == lin.din, || format!("linear: input {shape:?} for din {}", lin.din))?;
+        let rows = x.numel() / din.max(1);
+        let mut oshape = shape.to_vec();
+        *oshape.last_mut().unwrap() = lin.dout;
+        let res = match residual {
+            Some(r) => {
+                check(r.shape() == oshape.as_slice(), || format!("linear: residual {:?} for {oshape:?}", r.shape()))?;
+                Some(host(r)?)
+            }
+            None => None,
+        };
+        let xs = host(x)?;
+        let bias = match &lin.bias {
+            Some(b) => Some(host(b)?),
+            None => None,
+        };
+        let dout = lin.dout;
+        let mut out = vec![0.0f32; rows * dout];
+        gemm::rows_times_matrix(
+            rows,
+            din,
+            dout,
+            host(&lin.weight)?,
+            &mut out,
+            |p0, _, _| Some(xs[p0 * din..].as_ptr()),
+            |_, o| {
+                for row in o.chunks_exact_mut(dout) {
+                    match bias {
+                        Some(b) => row.copy_from_slice(b),
+                        None => row.fill(0.0),
+                    }
+                }
+            },
+        );
+        if act != Activation::None || res.is_some() {
+            out.par_chunks_mut(dout).enumerate().for_each(|(r, row)| {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = activate(*v, act);
+                    if let Some(rs) = res {
+                        *v += rs[r * dout + j];
+                    }
+                }
+            });
+        }
+        Ok(Tensor::host(oshape, out))
+    }
+
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let y: Vec<f32> = host(x)?.par_iter().map(|&v| activate(v, act)).collect();
+        Ok(Tensor::host(x.shape().to_vec(), y))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check(a.shape() == b.shape(), || format!("add: shapes {:?} and {:?}", a.shape(), b.shape()))?;
+        let y: Vec<f32> = host(a)?.par_iter().zip(host(b)?.par_iter()).map(|(x, y)| x + y).collect();
+        Ok(Tensor::host(a.shape().to_vec(), y))
+    }
+
+    fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let n = x.shape()[0];
+        let c = *x.shape().last().unwrap_or(&0);
+        check(v.shape() == [n, c], || format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape()))?;
+        let per = x.numel() / n.max(1);
+        let vs = host(v)?;
+        let mut y = host(x)?.to_vec();
+        y.par_chunks_mut(c).enumerate().for_each(|(p, row)| {
+            let b = p * c / per;
+            for (o, a) in row.iter_mut().zip(&vs[b * c..(b + 1) * c]) {
+                *o += a;
+            }
+        });
+        Ok(Tensor::host(x.shape().to_vec(), y))
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+        let (qs, ks) = (q.shape(), k.shape());
+        check(qs.len() == 3 && ks.len() == 3 && k.shape() == v.shape() && qs[0] == ks[0] && qs[2] == ks[2], || {
+            format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape())
+        })?;
+        check(heads > 0 && qs[2] % heads == 0, || format!("attention: dim {} not divisible by {heads} heads", qs[2]))?;
+        let y = attention::attention(host(q)?, host(k)?, host(v)?, qs[0], qs[1], ks[1], heads, qs[2] / heads, scale);
+        Ok(Tensor::host(qs.to_vec(), y))
+    }
+
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let xs = host(x)?;
+        let mut y = vec![0.0f32; n * 4 * h * w * c];
+        y.par_chunks_mut(2 * w * c).enumerate().for_each(|(r, row)| {
+            let (b, oh) = (r / (2 * h), r % (2 * h));
+            let src = &xs[(b * h + oh / 2) * w * c..(b * h + oh / 2 + 1) * w * c];
+            for ow in 0..2 * w {
+                row[ow * c..(ow + 1) * c].copy_from_slice(&src[(ow / 2) * c..(ow / 2 + 1) * c]);
+            }
+        });
+        Ok(Tensor::host(vec![n, 2 * h, 2 * w, c], y))
+    }
+
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let (ho, wo) = (h / 2, w / 2);
+        let xs = host(x)?;
+        let mut y = vec![0.0f32; n * ho * wo * c];
+        y.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
+            let (b, oh, ow) = (p / (ho * wo), (p / wo) % ho, p % wo);
+            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let s = ((b * h + 2 * oh + dy) * w + 2 * ow + dx) * c;
+                for ch in 0..c {
+                    o[ch] += 0.25 * xs[s + ch];
+                }
+            }
+        });
+        Ok(Tensor::host(vec![n, ho, wo, c], y))
+    }
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (n, h, w, ca) = a.nhwc();
+        let (n2, h2, w2, cb) = b.nhwc();
+        check((n, h, w) == (n2, h2, w2), || format!("concat_channels: {:?} and {:?}", a.shape(), b.shape()))?;
+        let (xa, xb) = (host(a)?, host(b)?);
+        let c = ca + cb;
+        let mut y = vec![0.0f32; n * h * w * c];
+        y.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
+            o[..ca].copy_from_slice(&xa[p * ca..(p + 1) * ca]);
+            o[ca..].copy_from_slice(&xb[p * cb..(p + 1) * cb]);
+        });
+        Ok(Tensor::host(vec![n, h, w, c], y))
+    }
+
+    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let n = x.shape()[0];
+        check(start + len <= n, || format!("slice_batch: [{start}, {}) of {n}", start + len))?;
+        let per = x.numel() / n.max(1);
+        let mut shape = x.shape().to_vec();
+        shape[0] = len;
+        Ok(Tensor::host(shape, host(x)?[start * per..(start + len) * per].to_vec()))
+    }
+
+    fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
+        check(!parts.is_empty(), || "concat_batch: no parts".into())?;
+        let tail = &parts[0].shape()[1..];
+        let mut data = Vec::new();
+        let mut n = 0;
+        for p in parts {
+            check(&p.shape()[1..] == tail, || format!("concat_batch: {:?} vs {:?}", p.shape(), parts[0].shape()))?;
+            n += p.shape()[0];
+            data.extend_from_slice(host(p)?);
+        }
+        let mut shape = parts[0].shape().to_vec();
+        shape[0] = n;
+        Ok(Tensor::host(shape, data))
+    }
+}

@@ -1,0 +1,2 @@
+//! File formats: .npy arrays, images, score tables, contact sheets.
+pub mod npy;

@@ -1,0 +1,147 @@
+//! NumPy `.npy` files (version 1/2 headers), little-endian f32, f64, i64 and i32 arrays.
+//! Writes are atomic: a temporary file renamed into place.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// An array read from a `.npy` file, converted to f64 for uniform handling.
+#[derive(Clone, Debug)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+impl NpyArray {
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32).collect()
+    }
+    pub fn to_usize(&self) -> Vec<usize> {
+        self.data.iter().map(|&v| v as usize).collect()
+    }
+}
+
+fn bad(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Image {
+        path: path.to_path_buf(),
+        msg: format!("not a supported .npy file: {}", msg.into()),
+    }
+}
+
+/// Read a C-ordered little-endian array of f32/f64/i64/i32.
+pub fn read(path: &Path) -> Result<NpyArray> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad(path, "missing magic"));
+    }
+    let (hlen, hstart) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                return Err(bad(path, "truncated header"));
+            }
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => return Err(bad(path, format!("version {v}"))),
+    };
+    let header = std::str::from_utf8(bytes.get(hstart..hstart + hlen).ok_or_else(|| bad(path, "truncated header"))?)
+        .map_err(|_| bad(path, "header is not text"))?;
+    let field = |name: &str| -> Option<&str> {
+        let i = header.find(&format!("'{name}'"))?;
+        Some(header[i + name.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+    };
+    let descr = field("descr").ok_or_else(|| bad(path, "no descr"))?;
+    let descr = &descr[1..descr[1..].find('\'').ok_or_else(|| bad(path, "bad descr"))? + 1];
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(bad(path, "Fortran order"));
+    }
+    let sh = field("shape").ok_or_else(|| bad(path, "no shape"))?;
+    let sh = &sh[1..sh.find(')').ok_or_else(|| bad(path, "bad shape"))?];
+    let shape: Vec<usize> = sh
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad(path, format!("bad shape entry {s}"))))
+        .collect::<Result<_>>()?;
+    let n: usize = shape.iter().product();
+    let body = &bytes[hstart + hlen..];
+    let (size, conv): (usize, fn(&[u8]) -> f64) = match descr {
+        "<f4" => (4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        "<f8" => (8, |c| f64::from_le_bytes(c.try_into().unwrap())),
+        "<i8" => (8, |c| i64::from_le_bytes(c.try_into().unwrap()) as f64),
+        "<i4" => (4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
+        other => return Err(bad(path, format!("dtype {other}"))),
+    };
+    if body.len() < n * size {
+        return Err(bad(path, format!("{} data bytes for shape {shape:?} of {descr}", body.len())));
+    }
+    Ok(NpyArray {
+        shape,
+        data: body[..n * size].chunks_exact(size).map(conv).collect(),
+    })
+}
+
+/// Encode an f32 array as `.npy` bytes.
+pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    assert_eq!(shape.iter().product::<usize>(), data.len());
+    let dims = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.partial",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("tmp")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Write an f32 array to `path` as `.npy`, atomically.
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_atomic(path, &encode_f32(shape, data))
+}
+
+/// NCHW -> NHWC.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..h * w {
+                y[(b * h * w + i) * c + ch] = x[(b * c + ch) * h * w + i];
+            }
+        }
+    }
+    y
+}
+
+/// NHWC -> NCHW.
+pub fn nhwc_to_nchw(x: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    for b in 0..n {
+        for i in 0..h * w {
+            for ch in 0..c {
+                y[(b * c + ch) * h * w + i] = x[(b * h * w + i) * c + ch];
+            }
+        }
+    }
+    y
+}

@@ -1,0 +1,219 @@
+//! diffusers `UNet2DModel` configuration. Every value the engine does not implement is an
+//! [`Error::Unsupported`] naming the key and value, never a silently different model.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::models::config::JsonConfig;
+
+/// Down block kinds of `UNet2DModel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownKind {
+    Down,
+    AttnDown,
+}
+
+/// Up block kinds of `UNet2DModel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpKind {
+    Up,
+    AttnUp,
+}
+
+/// The parts of a `UNet2DModel` config.json the engine uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetConfig {
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub down_blocks: Vec<DownKind>,
+    pub up_blocks: Vec<UpKind>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub downsample_padding: usize,
+    pub attention_head_dim: Option<usize>,
+    pub norm_num_groups: usize,
+    pub attn_norm_num_groups: Option<usize>,
+    pub norm_eps: f64,
+    pub num_class_embeds: Option<usize>,
+    pub time_embed_dim: usize,
+    pub add_attention: bool,
+}
+
+impl UNetConfig {
+    /// Parse `config.json` of a diffusers `UNet2DModel` directory.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_json(&JsonConfig::open(path)?)
+    }
+
+    /// Parse from an already-read JSON object.
+    pub fn from_json(c: &JsonConfig) -> Result<Self> {
+        if let Some(cls) = c.str_opt("_class_name")? {
+            if cls != "UNet2DModel" {
+                return Err(c.unsupported("_class_name", cls));
+            }
+        }
+        let sample_size = match c.value.get("sample_size") {
+            Some(v) if v.is_array() => {
+                let s = c.usize_list("sample_size")?;
+                if s.len() != 2 || s[0] != s[1] {
+                    return Err(c.unsupported("sample_size", v));
+                }
+                s[0]
+            }
+            _ => c.usize_req("sample_size")?,
+        };
+        let block_out_channels = c.usize_list("block_out_channels")?;
+        let down_names = c.str_list("down_block_types")?;
+        let up_names = c.str_list("up_block_types")?;
+        if block_out_channels.is_empty() {
+            return Err(c.err("block_out_channels", "must not be empty"));
+        }
+        if down_names.len() != block_out_channels.len() {
+            return Err(c.err(
+                "down_block_types",
+                format!("{} entries for {} block_out_channels", down_names.len(), block_out_channels.len()),
+            ));
+        }
+        if up_names.len() != down_names.len() {
+            return Err(c.err("up_block_types", format!("{} entries for {} down blocks", up_names.len(), down_names.len())));
+        }
+        let down_blocks = down_names
+            .iter()
+            .map(|n| match n.as_str() {
+                "DownBlock2D" => Ok(DownKind::Down),
+                "AttnDownBlock2D" => Ok(DownKind::AttnDown),
+                other => Err(c.unsupported("down_block_types", other)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let up_blocks = up_names
+            .iter()
+            .map(|n| match n.as_str() {
+                "UpBlock2D" => Ok(UpKind::Up),
+                "AttnUpBlock2D" => Ok(UpKind::AttnUp),
+                other => Err(c.unsupported("up_block_types", other)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // Values the engine implements only in their default form.
+        let must_eq = |key: &str, default: &str, allowed: &[&str]| -> Result<()> {
+            let v = c.str_or(key, default)?;
+            if allowed.contains(&v.as_str()) {
+                Ok(())
+            } else {
+                Err(c.unsupported(key, format!("\"{v}\"")))
+            }
+        };
+        must_eq("time_embedding_type", "positional", &["positional"])?;
+        must_eq("act_fn", "silu", &["silu", "swish"])?;
+        must_eq("resnet_time_scale_shift", "default", &["default"])?;
+        must_eq("downsample_type", "conv", &["conv"])?;
+        must_eq("upsample_type", "conv", &["conv"])?;
+        must_eq("mid_block_type", "UNetMidBlock2D", &["UNetMidBlock2D"])?;
+        if let Some(v) = c.str_opt("class_embed_type")? {
+            return Err(c.unsupported("class_embed_type", format!("\"{v}\"")));
+        }
+        let msf = c.f64_or("mid_block_scale_factor", 1.0)?;
+        if msf != 1.0 {
+            return Err(c.unsupported("mid_block_scale_factor", msf));
+        }
+        if c.value.get("mid_block_type").is_some_and(|v| v.is_null()) {
+            return Err(c.unsupported("mid_block_type", "null"));
+        }
+
+        let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
+        if norm_num_groups == 0 {
+            return Err(c.unsupported("norm_num_groups", 0));
+        }
+        for &ch in &block_out_channels {
+            if ch % norm_num_groups != 0 {
+                return Err(c.err(
+                    "norm_num_groups",
+                    format!("{norm_num_groups} groups do not divide {ch} channels (block_out_channels)"),
+                ));
+            }
+        }
+        let attention_head_dim = c.usize_opt("attention_head_dim")?;
+        if let Some(d) = attention_head_dim {
+            if d == 0 {
+                return Err(c.unsupported("attention_head_dim", 0));
+            }
+            for (i, &ch) in block_out_channels.iter().enumerate() {
+                let uses_attn = down_blocks[i] == DownKind::AttnDown
+                    || up_blocks[block_out_channels.len() - 1 - i] == UpKind::AttnUp
+                    || i + 1 == block_out_channels.len();
+                if uses_attn && ch % d != 0 {
+                    return Err(c.err("attention_head_dim", format!("{d} does not divide {ch} channels")));
+                }
+            }
+        }
+        let downsample_padding = c.usize_or("downsample_padding", 1)?;
+        if downsample_padding > 1 {
+            return Err(c.unsupported("downsample_padding", downsample_padding));
+        }
+        let layers_per_block = c.usize_or("layers_per_block", 2)?;
+        if layers_per_block == 0 {
+            return Err(c.unsupported("layers_per_block", 0));
+        }
+        let freq_shift = c.f64_or("freq_shift", 0.0)?;
+        let time_embed_dim = c.usize_opt("time_embedding_dim")?.unwrap_or(block_out_channels[0] * 4);
+        let cfg = UNetConfig {
+            sample_size,
+            in_channels: c.usize_or("in_channels", 3)?,
+            out_channels: c.usize_or("out_channels", 3)?,
+            center_input_sample: c.bool_or("center_input_sample", false)?,
+            flip_sin_to_cos: c.bool_or("flip_sin_to_cos", true)?,
+            freq_shift,
+            down_blocks,
+            up_blocks,
+            block_out_channels,
+            layers_per_block,
+            downsample_padding,
+            attention_head_dim,
+            norm_num_groups,
+            attn_norm_num_groups: c.usize_opt("attn_norm_num_groups")?,
+            norm_eps: c.f64_or("norm_eps", 1e-5)?,
+            num_class_embeds: c.usize_opt("num_class_embeds")?,
+            time_embed_dim,
+            add_attention: c.bool_or("add_attention", true)?,
+        };
+        if cfg.block_out_channels[0] / 2 == 0 {
+            return Err(c.unsupported("block_out_channels", format!("{:?}", cfg.block_out_channels)));
+        }
+        if (cfg.block_out_channels[0] / 2) as f64 == freq_shift {
+            return Err(c.unsupported("freq_shift", freq_shift));
+        }
+        if cfg.sample_size % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
+            return Err(c.err(
+                "sample_size",
+                format!("{} is not divisible by 2^{} (number of downsamplings)", cfg.sample_size, cfg.block_out_channels.len() - 1),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Attention heads for a block with `channels` channels.
+    pub fn heads(&self, channels: usize) -> usize {
+        match self.attention_head_dim {
+            Some(d) => channels / d,
+            None => 1,
+        }
+    }
+
+    /// Whether the model is class-conditional.
+    pub fn is_conditional(&self) -> bool {
+        self.num_class_embeds.is_some()
+    }
+}
+
+/// Check a class index against the config.
+pub fn check_class(cfg: &UNetConfig, class: usize) -> Result<()> {
+    match cfg.num_class_embeds {
+        Some(n) if class < n => Ok(()),
+        Some(n) => Err(Error::arg(format!("class {class} is out of range: the model has {n} classes (0..{})", n - 1))),
+        None => Err(Error::arg(format!("class {class} given, but the model is not class-conditional"))),
+    }
+}
