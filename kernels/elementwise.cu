@@ -30,3 +30,9 @@ extern "C" __global__ void copy_bf16(const bf16* __restrict__ x, bf16* __restric
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         y[i] = x[i];
 }
+
+/// y[i] = x[i] for f32 parameters (stacking per-member biases).
+extern "C" __global__ void copy_f32(const float* __restrict__ x, float* __restrict__ y, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = x[i];
+}

@@ -2,8 +2,13 @@
 //! (`kernels/*.cu`) on a [`device::Device`]: a real GPU ([`gpu::GpuDevice`]) or, with feature
 //! `emu`, the same kernels compiled for the host ([`emu::EmuDevice`]).
 
+mod backend;
 pub mod device;
 #[cfg(feature = "emu")]
 pub mod emu;
 pub mod gpu;
 pub mod kernels;
+mod select;
+
+pub use backend::{CudaBackend, CudaStorage};
+pub use select::select_backend;

@@ -1,0 +1,651 @@
+//! [`CudaBackend`]: the op set on a [`Device`]. Activations are bf16 NHWC in device memory;
+//! biases and normalisation parameters f32; conv/linear weights bf16, reordered once at
+//! `prepare_*` to `[cout][ky][kx][cin]` (K contiguous per output channel, what the implicit GEMM
+//! reads). Every op is one or two kernel launches; none uses float atomics.
+
+use std::sync::Arc;
+
+use super::device::{Bf16, DevBuf, DevPtr, Device, LaunchCfg};
+use super::kernels as k;
+use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+/// Device memory behind a [`Tensor`] of the CUDA backend.
+#[derive(Debug)]
+pub enum CudaStorage {
+    /// Activations and weights.
+    Bf16(DevBuf<Bf16>),
+    /// Biases and normalisation parameters.
+    F32(DevBuf<f32>),
+}
+
+/// The CUDA op set on one device (a GPU, or the host emulation in tests).
+#[derive(Clone)]
+pub struct CudaBackend {
+    dev: Arc<dyn Device>,
+}
+
+/// Threads per block of the element-wise kernels, and the most blocks of a grid-stride launch.
+const EW_THREADS: u32 = 256;
+const EW_MAX_BLOCKS: usize = 8192;
+/// Below these sizes a 64x64 tensor-core tile would be mostly padding: the f32 path runs.
+const MMA_MIN_COUT: usize = 16;
+const MMA_MIN_K: usize = 32;
+/// Largest head dimension of the attention kernel.
+const ATTENTION_MAX_DH: usize = 256;
+
+fn err(msg: String) -> Error {
+    Error::Backend {
+        backend: "cuda".into(),
+        msg,
+    }
+}
+
+fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(err(msg()))
+    }
+}
+
+fn ew_cfg(n: usize) -> LaunchCfg {
+    LaunchCfg::linear(n.div_ceil(EW_THREADS as usize).clamp(1, EW_MAX_BLOCKS) as u32, EW_THREADS)
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| err(format!("{what} = {v} exceeds the kernels' 32-bit index range")))
+}
+
+/// Geometry of one convolution launch (linear layers are 1x1 convolutions over 1 x rows).
+struct ConvGeom {
+    n: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    ho: usize,
+    wo: usize,
+    cout: usize,
+    ksize: usize,
+    stride: usize,
+    pad: usize,
+}
+
+/// The optional GroupNorm(+SiLU) prologue of a convolution.
+struct Prologue<'a> {
+    stats: &'a DevBuf<f32>,
+    norm: &'a Norm,
+    silu: bool,
+}
+
+impl CudaBackend {
+    /// A backend on `dev`.
+    pub fn new(dev: Arc<dyn Device>) -> Self {
+        CudaBackend { dev }
+    }
+
+    /// The device under this backend.
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.dev
+    }
+
+    fn d(&self) -> &dyn Device {
+        self.dev.as_ref()
+    }
+
+    fn storage<'a>(&self, x: &'a Tensor) -> Result<&'a CudaStorage> {
+        match x.storage() {
+            Storage::Device(any) => any
+                .downcast_ref::<CudaStorage>()
+                .ok_or_else(|| err(format!("tensor {:?} belongs to another backend", x.shape()))),
+            Storage::Host(_) => Err(err(format!("tensor {:?} is in host memory; upload it first", x.shape()))),
+        }
+    }
+
+    fn bf16<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<Bf16>> {
+        match self.storage(x)? {
+            CudaStorage::Bf16(b) => Ok(b),
+            CudaStorage::F32(_) => Err(err(format!("tensor {:?} holds f32 parameters, not activations", x.shape()))),
+        }
+    }
+
+    fn f32<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<f32>> {
+        match self.storage(x)? {
+            CudaStorage::F32(b) => Ok(b),
+            CudaStorage::Bf16(_) => Err(err(format!("tensor {:?} holds bf16 data, not f32 parameters", x.shape()))),
+        }
+    }
+
+    fn wrap(shape: Vec<usize>, buf: CudaStorage) -> Tensor {
+        Tensor::device(shape, Arc::new(buf))
+    }
+
+    fn upload_f32(&self, shape: Vec<usize>, data: &[f32]) -> Result<Tensor> {
+        Ok(Self::wrap(shape, CudaStorage::F32(DevBuf::from_host(self.d(), data)?)))
+    }
+
+    fn alloc_bf16(&self, n: usize) -> Result<DevBuf<Bf16>> {
+        DevBuf::zeros(self.d(), n)
+    }
+
+    /// GroupNorm statistics `[n, groups, (mean, rstd)]` of NHWC `x`.
+    fn group_stats(&self, x: &Tensor, norm: &Norm) -> Result<DevBuf<f32>> {
+        let (n, h, w, c) = x.nhwc();
+        check(c == norm.channels && norm.groups > 0 && c % norm.groups == 0, || {
+            format!("group_norm: input {:?} for {} channels in {} groups", x.shape(), norm.channels, norm.groups)
+        })?;
+        let mut stats = DevBuf::<f32>::zeros(self.d(), n * norm.groups * 2)?;
+        if n > 0 {
+            k::group_norm_stats(
+                self.d(),
+                LaunchCfg::grid((norm.groups as u32, n as u32, 1), (256, 1, 1)),
+                self.bf16(x)?.ptr(),
+                stats.ptr_mut(),
+                i32_of(h * w, "h*w")?,
+                c as i32,
+                norm.groups as i32,
+                norm.eps,
+            )?;
+        }
+        Ok(stats)
+    }
+
+    /// One convolution launch: tensor cores when the shape fills a tile, the f32 path otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_launch(
+        &self,
+        x: DevPtr<Bf16>,
+        w: DevPtr<Bf16>,
+        bias: DevPtr<f32>,
+        residual: DevPtr<Bf16>,
+        y: &mut DevBuf<Bf16>,
+        g: &ConvGeom,
+        members: usize,
+        prologue: Option<&Prologue>,
+        act: Activation,
+    ) -> Result<()> {
+        let kdim = g.ksize * g.ksize * g.cin;
+        let (stats, gamma, beta, groups, silu) = match prologue {
+            Some(p) => (
+                p.stats.ptr(),
+                self.f32(&p.norm.gamma)?.ptr(),
+                self.f32(&p.norm.beta)?.ptr(),
+                p.norm.groups as i32,
+                p.silu as i32,
+            ),
+            None => (DevPtr::null(), DevPtr::null(), DevPtr::null(), 1, 0),
+        };
+        let total = g.n * g.ho * g.wo * g.cout;
+        if total == 0 {
+            return Ok(());
+        }
+        i32_of(total.max(g.n * g.h * g.w * g.cin), "tensor size")?;
+        let act = act_code(act);
+        if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
+            let p = g.ho * g.wo;
+            let cfg = LaunchCfg::grid((p.div_ceil(64) as u32, g.cout.div_ceil(64) as u32, g.n as u32), (128, 1, 1));
+            k::conv2d_mma(
+                self.d(),
+                cfg,
+                x,
+                w,
+                bias,
+                residual,
+                y.ptr_mut(),
+                stats,
+                gamma,
+                beta,
+                g.h as i32,
+                g.w as i32,
+                g.cin as i32,
+                g.ho as i32,
+                g.wo as i32,
+                g.cout as i32,
+                g.ksize as i32,
+                g.stride as i32,
+                g.pad as i32,
+                members as i32,
+                groups,
+                silu,
+                act,
+            )
+        } else {
+            k::conv2d_simple(
+                self.d(),
+                ew_cfg(total),
+                x,
+                w,
+                bias,
+                residual,
+                y.ptr_mut(),
+                stats,
+                gamma,
+                beta,
+                g.n as i32,
+                g.h as i32,
+                g.w as i32,
+                g.cin as i32,
+                g.ho as i32,
+                g.wo as i32,
+                g.cout as i32,
+                g.ksize as i32,
+                g.stride as i32,
+                g.pad as i32,
+                members as i32,
+                groups,
+                silu,
+                act,
+            )
+        }
+    }
+
+    fn conv_common(
+        &self,
+        x: &Tensor,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+        prologue: Option<&Prologue>,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let spec = conv.spec;
+        check(c == spec.cin, || format!("conv2d: input {:?} for {spec:?}", x.shape()))?;
+        check(h + 2 * spec.padding + spec.pad_end >= spec.kernel && w + 2 * spec.padding + spec.pad_end >= spec.kernel, || {
+            format!("conv2d: input {:?} smaller than the kernel of {spec:?}", x.shape())
+        })?;
+        let (ho, wo) = spec.out_hw(h, w);
+        let oshape = vec![n, ho, wo, spec.cout];
+        let res = match residual {
+            Some(r) => {
+                check(r.shape() == oshape.as_slice(), || format!("conv2d: residual {:?} for output {oshape:?}", r.shape()))?;
+                self.bf16(r)?.ptr()
+            }
+            None => DevPtr::null(),
+        };
+        let bias = match &conv.bias {
+            Some(b) => self.f32(b)?.ptr(),
+            None => DevPtr::null(),
+        };
+        let mut y = self.alloc_bf16(n * ho * wo * spec.cout)?;
+        let g = geom(n, h, w, ho, wo, &spec);
+        self.conv_launch(self.bf16(x)?.ptr(), self.bf16(&conv.weight)?.ptr(), bias, res, &mut y, &g, 1, prologue, Activation::None)?;
+        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+    }
+
+    fn copy(&self, src: DevPtr<Bf16>, dst: super::device::DevPtrMut<Bf16>, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        k::copy_bf16(self.d(), ew_cfg(n), src, dst, n as i64)
+    }
+}
+
+fn geom(n: usize, h: usize, w: usize, ho: usize, wo: usize, spec: &ConvSpec) -> ConvGeom {
+    ConvGeom {
+        n,
+        h,
+        w,
+        cin: spec.cin,
+        ho,
+        wo,
+        cout: spec.cout,
+        ksize: spec.kernel,
+        stride: spec.stride,
+        pad: spec.padding,
+    }
+}
+
+/// The kernels' activation codes (`UQ_ACT_*` in kernels/uq_common.cuh).
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::None => 0,
+        Activation::Silu => 1,
+        Activation::QuickGelu => 2,
+        Activation::Gelu => 3,
+    }
+}
+
+fn to_bf16(data: &[f32]) -> Vec<Bf16> {
+    data.iter().map(|&v| Bf16::from_f32(v)).collect()
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        check(shape.iter().product::<usize>() == data.len(), || {
+            format!("upload: {} values for shape {shape:?}", data.len())
+        })?;
+        let buf = DevBuf::from_host(self.d(), &to_bf16(data))?;
+        Ok(Self::wrap(shape.to_vec(), CudaStorage::Bf16(buf)))
+    }
+
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
+        if let Some(h) = x.host_data() {
+            return Ok(h.to_vec());
+        }
+        match self.storage(x)? {
+            CudaStorage::Bf16(b) => Ok(b.to_host(self.d())?.into_iter().map(|v| v.to_f32()).collect()),
+            CudaStorage::F32(b) => b.to_host(self.d()),
+        }
+    }
+
+    fn prepare_conv(&self, spec: ConvSpec, w_oihw: &[f32], bias: Option<&[f32]>) -> Result<Conv2d> {
+        let kk = spec.kernel * spec.kernel;
+        check(w_oihw.len() == spec.cout * spec.cin * kk, || {
+            format!("conv weights: {} values for {spec:?}", w_oihw.len())
+        })?;
+        if let Some(b) = bias {
+            check(b.len() == spec.cout, || format!("conv bias: {} values for {} outputs", b.len(), spec.cout))?;
+        }
+        // [cout][cin][ky][kx] -> [cout][ky][kx][cin]
+        let mut w = vec![Bf16::ZERO; w_oihw.len()];
+        for o in 0..spec.cout {
+            for i in 0..spec.cin {
+                for t in 0..kk {
+                    w[(o * kk + t) * spec.cin + i] = Bf16::from_f32(w_oihw[(o * spec.cin + i) * kk + t]);
+                }
+            }
+        }
+        let weight = Self::wrap(
+            vec![spec.cout, spec.kernel, spec.kernel, spec.cin],
+            CudaStorage::Bf16(DevBuf::from_host(self.d(), &w)?),
+        );
+        let bias = bias.map(|b| self.upload_f32(vec![b.len()], b)).transpose()?;
+        Ok(Conv2d { spec, weight, bias })
+    }
+
+    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
+        check(w.len() == din * dout, || format!("linear weights: {} values for {dout}x{din}", w.len()))?;
+        if let Some(b) = bias {
+            check(b.len() == dout, || format!("linear bias: {} values for {dout} outputs", b.len()))?;
+        }
+        // [dout][din] is already the GEMM's [cout][K] layout.
+        let weight = Self::wrap(vec![dout, din], CudaStorage::Bf16(DevBuf::from_host(self.d(), &to_bf16(w))?));
+        let bias = bias.map(|b| self.upload_f32(vec![b.len()], b)).transpose()?;
+        Ok(Linear {
+            din,
+            dout,
+            weight,
+            bias,
+        })
+    }
+
+    fn prepare_norm(&self, groups: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Result<Norm> {
+        check(gamma.len() == beta.len(), || format!("norm: {} gammas, {} betas", gamma.len(), beta.len()))?;
+        Ok(Norm {
+            channels: gamma.len(),
+            groups,
+            eps,
+            gamma: self.upload_f32(vec![gamma.len()], gamma)?,
+            beta: self.upload_f32(vec![beta.len()], beta)?,
+        })
+    }
+
+    fn conv2d(&self, x: &Tensor, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.conv_common(x, conv, residual, None)
+    }
+
+    fn norm_conv2d(&self, x: &Tensor, norm: &Norm, silu: bool, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+        let stats = self.group_stats(x, norm)?;
+        let p = Prologue {
+            stats: &stats,
+            norm,
+            silu,
+        };
+        self.conv_common(x, conv, residual, Some(&p))
+    }
+
+    fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
+        let members = convs.len();
+        let (nb, h, w, c) = x.nhwc();
+        check(members > 0 && nb % members == 0, || {
+            format!("conv2d_members: batch {nb} is not a multiple of {members} members")
+        })?;
+        let spec = convs[0].spec;
+        check(convs.iter().all(|cv| cv.spec == spec), || "conv2d_members: members differ in shape".into())?;
+        check(c == spec.cin, || format!("conv2d_members: input {:?} for {spec:?}", x.shape()))?;
+        // Stack the members' weights [m][cout][K] and biases [m][cout] (absent bias = zeros).
+        let per_w = spec.cout * spec.kernel * spec.kernel * spec.cin;
+        let mut wall = self.alloc_bf16(members * per_w)?;
+        let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
+        let any_bias = convs.iter().any(|cv| cv.bias.is_some());
+        for (m, cv) in convs.iter().enumerate() {
+            self.copy(self.bf16(&cv.weight)?.ptr(), wall.ptr_mut().add(m * per_w), per_w)?;
+            if let Some(b) = &cv.bias {
+                k::copy_f32(self.d(), ew_cfg(spec.cout), self.f32(b)?.ptr(), ball.ptr_mut().add(m * spec.cout), spec.cout as i64)?;
+            }
+        }
+        let (ho, wo) = spec.out_hw(h, w);
+        let mut y = self.alloc_bf16(nb * ho * wo * spec.cout)?;
+        let g = geom(nb, h, w, ho, wo, &spec);
+        let bias = if any_bias { ball.ptr() } else { DevPtr::null() };
+        self.conv_launch(self.bf16(x)?.ptr(), wall.ptr(), bias, DevPtr::null(), &mut y, &g, members, None, Activation::None)?;
+        Ok(Self::wrap(vec![nb, ho, wo, spec.cout], CudaStorage::Bf16(y)))
+    }
+
+    fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor> {
+        let (_, h, w, c) = x.nhwc();
+        let stats = self.group_stats(x, norm)?;
+        let n = x.numel();
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            k::group_norm_apply(
+                self.d(),
+                ew_cfg(n),
+                self.bf16(x)?.ptr(),
+                stats.ptr(),
+                self.f32(&norm.gamma)?.ptr(),
+                self.f32(&norm.beta)?.ptr(),
+                y.ptr_mut(),
+                n as i64,
+                i32_of(h * w, "h*w")?,
+                c as i32,
+                norm.groups as i32,
+                silu as i32,
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
+        let d = *x.shape().last().unwrap_or(&0);
+        check(d == norm.channels && d > 0, || format!("layer_norm: input {:?} for dim {}", x.shape(), norm.channels))?;
+        let rows = x.numel() / d;
+        let mut y = self.alloc_bf16(x.numel())?;
+        if rows > 0 {
+            k::layer_norm_bf16(
+                self.d(),
+                LaunchCfg::linear(rows as u32, 256),
+                self.bf16(x)?.ptr(),
+                self.f32(&norm.gamma)?.ptr(),
+                self.f32(&norm.beta)?.ptr(),
+                y.ptr_mut(),
+                d as i32,
+                norm.eps,
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        let shape = x.shape();
+        let din = *shape.last().unwrap_or(&0);
+        check(din == lin.din && din > 0, || format!("linear: input {shape:?} for din {}", lin.din))?;
+        let rows = x.numel() / din;
+        let mut oshape = shape.to_vec();
+        *oshape.last_mut().unwrap() = lin.dout;
+        let res = match residual {
+            Some(r) => {
+                check(r.shape() == oshape.as_slice(), || format!("linear: residual {:?} for {oshape:?}", r.shape()))?;
+                self.bf16(r)?.ptr()
+            }
+            None => DevPtr::null(),
+        };
+        let bias = match &lin.bias {
+            Some(b) => self.f32(b)?.ptr(),
+            None => DevPtr::null(),
+        };
+        let mut y = self.alloc_bf16(rows * lin.dout)?;
+        // A 1x1 convolution over a 1 x rows image.
+        let g = ConvGeom {
+            n: 1,
+            h: 1,
+            w: rows,
+            cin: din,
+            ho: 1,
+            wo: rows,
+            cout: lin.dout,
+            ksize: 1,
+            stride: 1,
+            pad: 0,
+        };
+        self.conv_launch(self.bf16(x)?.ptr(), self.bf16(&lin.weight)?.ptr(), bias, res, &mut y, &g, 1, None, act)?;
+        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+    }
+
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let n = x.numel();
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            k::activation_bf16(self.d(), ew_cfg(n), self.bf16(x)?.ptr(), y.ptr_mut(), n as i64, act_code(act))?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check(a.shape() == b.shape(), || format!("add: shapes {:?} and {:?}", a.shape(), b.shape()))?;
+        let n = a.numel();
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            k::add_bf16(self.d(), ew_cfg(n), self.bf16(a)?.ptr(), self.bf16(b)?.ptr(), y.ptr_mut(), n as i64)?;
+        }
+        Ok(Self::wrap(a.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let n = x.shape().first().copied().unwrap_or(0);
+        let c = *x.shape().last().unwrap_or(&0);
+        check(v.shape() == [n, c], || format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape()))?;
+        let total = x.numel();
+        let mut y = self.alloc_bf16(total)?;
+        if total > 0 {
+            k::add_per_sample_bf16(
+                self.d(),
+                ew_cfg(total),
+                self.bf16(x)?.ptr(),
+                self.bf16(v)?.ptr(),
+                y.ptr_mut(),
+                total as i64,
+                (total / n) as i64,
+                c as i32,
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn attention(&self, q: &Tensor, k_: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+        let (qs, ks) = (q.shape(), k_.shape());
+        check(qs.len() == 3 && ks.len() == 3 && ks == v.shape() && qs[0] == ks[0] && qs[2] == ks[2], || {
+            format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape())
+        })?;
+        check(heads > 0 && qs[2] % heads == 0, || format!("attention: dim {} not divisible by {heads} heads", qs[2]))?;
+        let dh = qs[2] / heads;
+        check(dh <= ATTENTION_MAX_DH, || format!("attention: head dim {dh} > {ATTENTION_MAX_DH}"))?;
+        check(ks[1] > 0 || qs[1] == 0, || "attention: no keys".into())?;
+        let (n, lq, lk) = (qs[0], qs[1], ks[1]);
+        let mut y = self.alloc_bf16(q.numel())?;
+        if q.numel() > 0 {
+            let smem = ((16 * dh + 32 * (dh + 1) + 32 * dh + 4 * 32) * 4) as u32;
+            let cfg = LaunchCfg::grid((lq.div_ceil(16) as u32, heads as u32, n as u32), (128, 1, 1)).with_smem(smem);
+            k::attention_bf16(
+                self.d(),
+                cfg,
+                self.bf16(q)?.ptr(),
+                self.bf16(k_)?.ptr(),
+                self.bf16(v)?.ptr(),
+                y.ptr_mut(),
+                i32_of(lq, "query length")?,
+                i32_of(lk, "key length")?,
+                heads as i32,
+                dh as i32,
+                scale,
+            )?;
+        }
+        Ok(Self::wrap(qs.to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let total = n * 4 * h * w * c;
+        let mut y = self.alloc_bf16(total)?;
+        if total > 0 {
+            i32_of(total, "tensor size")?;
+            k::upsample_nearest2x_bf16(self.d(), ew_cfg(total), self.bf16(x)?.ptr(), y.ptr_mut(), n as i32, h as i32, w as i32, c as i32)?;
+        }
+        Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
+    }
+
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let total = n * (h / 2) * (w / 2) * c;
+        let mut y = self.alloc_bf16(total)?;
+        if total > 0 {
+            k::avg_pool2x_bf16(self.d(), ew_cfg(total), self.bf16(x)?.ptr(), y.ptr_mut(), n as i32, h as i32, w as i32, c as i32)?;
+        }
+        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
+    }
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (n, h, w, ca) = a.nhwc();
+        let (n2, h2, w2, cb) = b.nhwc();
+        check((n, h, w) == (n2, h2, w2), || format!("concat_channels: {:?} and {:?}", a.shape(), b.shape()))?;
+        let pixels = n * h * w;
+        let mut y = self.alloc_bf16(pixels * (ca + cb))?;
+        if pixels * (ca + cb) > 0 {
+            k::concat_channels_bf16(
+                self.d(),
+                ew_cfg(pixels * (ca + cb)),
+                self.bf16(a)?.ptr(),
+                self.bf16(b)?.ptr(),
+                y.ptr_mut(),
+                pixels as i64,
+                ca as i32,
+                cb as i32,
+            )?;
+        }
+        Ok(Self::wrap(vec![n, h, w, ca + cb], CudaStorage::Bf16(y)))
+    }
+
+    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let shape = x.shape();
+        let n = shape.first().copied().unwrap_or(0);
+        check(start + len <= n, || format!("slice_batch: rows {start}..{} of {shape:?}", start + len))?;
+        let per = if n == 0 { 0 } else { x.numel() / n };
+        let mut y = self.alloc_bf16(len * per)?;
+        self.copy(self.bf16(x)?.ptr().add(start * per), y.ptr_mut(), len * per)?;
+        let mut oshape = shape.to_vec();
+        oshape[0] = len;
+        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+    }
+
+    fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
+        check(!parts.is_empty(), || "concat_batch: no tensors".into())?;
+        let rest = &parts[0].shape()[1..];
+        check(parts.iter().all(|p| !p.shape().is_empty() && &p.shape()[1..] == rest), || {
+            format!("concat_batch: shapes {:?}", parts.iter().map(|p| p.shape().to_vec()).collect::<Vec<_>>())
+        })?;
+        let total: usize = parts.iter().map(|p| p.numel()).sum();
+        let mut y = self.alloc_bf16(total)?;
+        let mut off = 0;
+        for p in parts {
+            self.copy(self.bf16(p)?.ptr(), y.ptr_mut().add(off), p.numel())?;
+            off += p.numel();
+        }
+        let mut oshape = parts[0].shape().to_vec();
+        oshape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+    }
+}
