@@ -1,0 +1,332 @@
+//! Every op of the CUDA backend against the CPU backend (the reference), on small shapes with odd
+//! sizes (channels not a multiple of the tiles, batch 1, 1x1 spatial). Runs on the emulated
+//! device (feature `emu`) and, when present, on GPU 0; each is skipped with a message otherwise.
+//!
+//! Inputs and weights are rounded to bf16 before both backends see them, so the differences are
+//! the device's own: bf16 storage of the result (relative 2^-9), bf16 rounding of fused
+//! intermediates (the GroupNorm prologue), and f32 summation order. Tolerance per op:
+//! `|got - want| <= atol * max|want| + rtol * |want|`, the constants written next to each test.
+
+mod common;
+
+use std::sync::Arc;
+
+use uqengine::backend::cpu::CpuBackend;
+use uqengine::backend::cuda::gpu::GpuDevice;
+use uqengine::backend::cuda::CudaBackend;
+use uqengine::backend::{Activation, Backend, ConvSpec};
+use uqengine::Tensor;
+
+/// The device backends under test.
+fn devices() -> Vec<Arc<dyn Backend>> {
+    let mut v: Vec<Arc<dyn Backend>> = Vec::new();
+    #[cfg(feature = "emu")]
+    v.push(Arc::new(CudaBackend::new(Arc::new(uqengine::backend::cuda::emu::EmuDevice::new()))));
+    #[cfg(not(feature = "emu"))]
+    eprintln!("skipping the emulated device: build with --features emu");
+    match GpuDevice::new(0) {
+        Ok(d) => v.push(Arc::new(CudaBackend::new(Arc::new(d)))),
+        Err(e) => eprintln!("skipping GPU: {e}"),
+    }
+    v
+}
+
+/// Deterministic values in [-scale, scale), rounded to bf16.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            half::bf16::from_f32(u * scale).to_f32()
+        })
+        .collect()
+}
+
+/// Compare with a tolerance relative to the output's scale.
+fn check(what: &str, dev: &dyn Backend, got: &Tensor, want: &Tensor, atol: f32, rtol: f32) {
+    assert_eq!(got.shape(), want.shape(), "{what} on {}: shape", dev.name());
+    let g = dev.download(got).unwrap();
+    let w = CpuBackend::new().download(want).unwrap();
+    let scale = common::max_abs(&w).max(1e-6);
+    common::assert_close(&format!("{what} on {}", dev.name()), &g, &w, atol * scale, rtol);
+}
+
+struct Pair {
+    cpu: CpuBackend,
+    dev: Arc<dyn Backend>,
+}
+
+impl Pair {
+    fn up(&self, shape: &[usize], data: &[f32]) -> (Tensor, Tensor) {
+        (self.cpu.upload(shape, data).unwrap(), self.dev.upload(shape, data).unwrap())
+    }
+    fn rand(&self, shape: &[usize], seed: u64, scale: f32) -> (Tensor, Tensor) {
+        let n = shape.iter().product();
+        self.up(shape, &values(n, seed, scale))
+    }
+}
+
+fn pairs() -> Vec<Pair> {
+    devices().into_iter().map(|dev| Pair { cpu: CpuBackend::new(), dev }).collect()
+}
+
+// Convolutions: bf16 output rounding plus summation order. atol 1e-2 of the output scale,
+// rtol 2e-2.
+const CONV_ATOL: f32 = 1e-2;
+const CONV_RTOL: f32 = 2e-2;
+
+/// One convolution case: input [n, h, w, cin], spec, with/without bias and residual.
+fn conv_case(p: &Pair, n: usize, h: usize, w: usize, spec: ConvSpec, bias: bool, residual: bool, seed: u64) {
+    let k = spec.kernel;
+    let wts = values(spec.cout * spec.cin * k * k, seed, 1.0 / ((spec.cin * k * k) as f32).sqrt());
+    let b = values(spec.cout, seed + 1, 0.5);
+    let bias = bias.then_some(b.as_slice());
+    let cc = p.cpu.prepare_conv(spec, &wts, bias).unwrap();
+    let dc = p.dev.prepare_conv(spec, &wts, bias).unwrap();
+    let (xc, xd) = p.rand(&[n, h, w, spec.cin], seed + 2, 1.0);
+    let (ho, wo) = spec.out_hw(h, w);
+    let (rc, rd) = p.rand(&[n, ho, wo, spec.cout], seed + 3, 1.0);
+    let (rc, rd) = if residual { (Some(&rc), Some(&rd)) } else { (None, None) };
+    let want = p.cpu.conv2d(&xc, &cc, rc).unwrap();
+    let got = p.dev.conv2d(&xd, &dc, rd).unwrap();
+    check(&format!("conv2d {spec:?} on [{n},{h},{w},{}]", spec.cin), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+}
+
+#[test]
+fn conv3x3_tensor_core_path_matches_cpu_with_odd_channels() {
+    for p in pairs() {
+        // cin 24: scalar tile loads; cout 40: a partial column tile; 5x7 image: partial row tile.
+        conv_case(&p, 2, 5, 7, ConvSpec::new(24, 40, 3, 1, 1), true, true, 10);
+        // cin 32: vector tile loads; cout 70: two column tiles; 81 pixels: two row tiles.
+        conv_case(&p, 1, 9, 9, ConvSpec::new(32, 70, 3, 1, 1), true, false, 20);
+    }
+}
+
+#[test]
+fn conv_strided_and_asymmetric_padding_match_cpu() {
+    for p in pairs() {
+        // diffusers Downsample2D with padding 0: pad (0, 1, 0, 1), stride 2.
+        let mut spec = ConvSpec::new(16, 24, 3, 2, 0);
+        spec.pad_end = 1;
+        conv_case(&p, 2, 8, 6, spec, true, false, 30);
+        // Symmetric padding 1, stride 2, odd input.
+        conv_case(&p, 1, 7, 5, ConvSpec::new(40, 16, 3, 2, 1), false, false, 40);
+    }
+}
+
+#[test]
+fn conv1x1_and_one_pixel_images_match_cpu() {
+    for p in pairs() {
+        conv_case(&p, 3, 1, 1, ConvSpec::new(48, 24, 1, 1, 0), true, true, 50);
+        conv_case(&p, 1, 1, 1, ConvSpec::new(32, 16, 3, 1, 1), true, false, 60);
+    }
+}
+
+#[test]
+fn conv_f32_edge_path_matches_cpu() {
+    for p in pairs() {
+        // K = 27 (conv_in of an RGB image) and cout = 3 (conv_out): the plain f32 kernel.
+        conv_case(&p, 2, 6, 5, ConvSpec::new(3, 32, 3, 1, 1), true, false, 70);
+        conv_case(&p, 1, 4, 7, ConvSpec::new(32, 3, 3, 1, 1), true, true, 80);
+    }
+}
+
+/// norm_conv2d: the GroupNorm(+SiLU) prologue fused into the convolution's tile loads. Its input
+/// to the GEMM is rounded to bf16, so a little looser than a plain convolution.
+#[test]
+fn norm_conv2d_fused_prologue_matches_composition() {
+    for p in pairs() {
+        for (cin, cout, groups, silu, seed) in [(32, 32, 8, true, 90), (24, 20, 4, false, 100), (32, 5, 4, true, 110)] {
+            let spec = ConvSpec::new(cin, cout, 3, 1, 1);
+            let wts = values(cout * cin * 9, seed, 1.0 / ((cin * 9) as f32).sqrt());
+            let b = values(cout, seed + 1, 0.5);
+            let gamma = values(cin, seed + 2, 1.0);
+            let beta = values(cin, seed + 3, 0.5);
+            let (nc, nd) = (
+                p.cpu.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap(),
+                p.dev.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap(),
+            );
+            let cc = p.cpu.prepare_conv(spec, &wts, Some(&b)).unwrap();
+            let dc = p.dev.prepare_conv(spec, &wts, Some(&b)).unwrap();
+            // A non-zero mean per channel makes the normalisation matter.
+            let x: Vec<f32> = values(2 * 6 * 5 * cin, seed + 4, 1.0).iter().enumerate().map(|(i, v)| v + (i % cin) as f32 * 0.1).collect();
+            let (xc, xd) = p.up(&[2, 6, 5, cin], &x);
+            let (rc, rd) = p.rand(&[2, 6, 5, cout], seed + 5, 1.0);
+            let want = p.cpu.norm_conv2d(&xc, &nc, silu, &cc, Some(&rc)).unwrap();
+            let got = p.dev.norm_conv2d(&xd, &nd, silu, &dc, Some(&rd)).unwrap();
+            check(&format!("norm_conv2d cin {cin} cout {cout} silu {silu}"), p.dev.as_ref(), &got, &want, 1.5e-2, 3e-2);
+        }
+    }
+}
+
+#[test]
+fn conv2d_members_uses_each_members_weights() {
+    for p in pairs() {
+        for (cout, seed) in [(3, 120), (16, 130)] {
+            let (members, b) = (3, 2);
+            let spec = ConvSpec::new(32, cout, 3, 1, 1);
+            let mut cc = Vec::new();
+            let mut dc = Vec::new();
+            for m in 0..members {
+                let wts = values(cout * 32 * 9, seed + 10 * m as u64, 0.06);
+                let bias = values(cout, seed + 10 * m as u64 + 1, 0.5);
+                cc.push(p.cpu.prepare_conv(spec, &wts, Some(&bias)).unwrap());
+                dc.push(p.dev.prepare_conv(spec, &wts, Some(&bias)).unwrap());
+            }
+            let (xc, xd) = p.rand(&[b * members, 5, 4, 32], seed + 7, 1.0);
+            let want = p.cpu.conv2d_members(&xc, &cc).unwrap();
+            let got = p.dev.conv2d_members(&xd, &dc).unwrap();
+            check(&format!("conv2d_members cout {cout}"), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+        }
+    }
+}
+
+/// GroupNorm: f32 statistics, bf16 output. atol 1e-2 of scale, rtol 2e-2.
+#[test]
+fn group_norm_matches_cpu_with_and_without_silu() {
+    for p in pairs() {
+        for (n, h, w, c, groups, silu) in [(2, 3, 5, 12, 4, false), (1, 1, 1, 32, 8, true), (3, 4, 4, 20, 5, true)] {
+            let gamma = values(c, 140, 1.0);
+            let beta = values(c, 141, 0.5);
+            let nc = p.cpu.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
+            let nd = p.dev.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
+            let x: Vec<f32> = values(n * h * w * c, 142, 2.0).iter().map(|v| v + 3.0).collect();
+            let (xc, xd) = p.up(&[n, h, w, c], &x);
+            let want = p.cpu.group_norm(&xc, &nc, silu).unwrap();
+            let got = p.dev.group_norm(&xd, &nd, silu).unwrap();
+            check(&format!("group_norm [{n},{h},{w},{c}] g{groups} silu {silu}"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_cpu() {
+    for p in pairs() {
+        for (rows, dim) in [(7, 40), (1, 300), (3, 1)] {
+            let gamma = values(dim, 150, 1.0);
+            let beta = values(dim, 151, 0.5);
+            let nc = p.cpu.prepare_norm(1, 1e-5, &gamma, &beta).unwrap();
+            let nd = p.dev.prepare_norm(1, 1e-5, &gamma, &beta).unwrap();
+            let (xc, xd) = p.rand(&[rows, dim], 152, 2.0);
+            let want = p.cpu.layer_norm(&xc, &nc).unwrap();
+            let got = p.dev.layer_norm(&xd, &nd).unwrap();
+            check(&format!("layer_norm [{rows},{dim}]"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+        }
+    }
+}
+
+/// Linear layers run the convolution kernels as 1x1 convolutions (tensor cores for
+/// dout >= 16 and din >= 32, f32 otherwise).
+#[test]
+fn linear_matches_cpu_for_every_activation_and_residual() {
+    for p in pairs() {
+        let cases = [
+            (10, 40, 24, Activation::None, true),
+            (10, 40, 24, Activation::Silu, false),
+            (3, 64, 70, Activation::Gelu, true),
+            (5, 33, 17, Activation::QuickGelu, false),
+            (4, 12, 5, Activation::Silu, true),
+        ];
+        for (i, (rows, din, dout, act, res)) in cases.into_iter().enumerate() {
+            let seed = 160 + 10 * i as u64;
+            let wts = values(dout * din, seed, 1.0 / (din as f32).sqrt());
+            let b = values(dout, seed + 1, 0.5);
+            let lc = p.cpu.prepare_linear(din, dout, &wts, Some(&b)).unwrap();
+            let ld = p.dev.prepare_linear(din, dout, &wts, Some(&b)).unwrap();
+            let (xc, xd) = p.rand(&[1, rows, din], seed + 2, 1.0);
+            let (rc, rd) = p.rand(&[1, rows, dout], seed + 3, 1.0);
+            let (rc, rd) = if res { (Some(&rc), Some(&rd)) } else { (None, None) };
+            let want = p.cpu.linear(&xc, &lc, act, rc).unwrap();
+            let got = p.dev.linear(&xd, &ld, act, rd).unwrap();
+            check(&format!("linear {rows}x{din}->{dout} {act:?}"), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+        }
+    }
+}
+
+/// Element-wise ops: one bf16 rounding of the result (relative 2^-9). atol 1e-3, rtol 1e-2.
+#[test]
+fn elementwise_ops_match_cpu() {
+    for p in pairs() {
+        let (xc, xd) = p.rand(&[2, 3, 5, 7], 200, 4.0);
+        let (yc, yd) = p.rand(&[2, 3, 5, 7], 201, 4.0);
+        for act in [Activation::None, Activation::Silu, Activation::QuickGelu, Activation::Gelu] {
+            let want = p.cpu.activation(&xc, act).unwrap();
+            let got = p.dev.activation(&xd, act).unwrap();
+            check(&format!("activation {act:?}"), p.dev.as_ref(), &got, &want, 1e-3, 1e-2);
+        }
+        check("add", p.dev.as_ref(), &p.dev.add(&xd, &yd).unwrap(), &p.cpu.add(&xc, &yc).unwrap(), 1e-3, 1e-2);
+        let (vc, vd) = p.rand(&[2, 7], 202, 1.0);
+        let want = p.cpu.add_per_sample(&xc, &vc).unwrap();
+        check("add_per_sample NHWC", p.dev.as_ref(), &p.dev.add_per_sample(&xd, &vd).unwrap(), &want, 1e-3, 1e-2);
+        let (sc, sd) = p.rand(&[2, 15, 7], 203, 1.0);
+        let want = p.cpu.add_per_sample(&sc, &vc).unwrap();
+        check("add_per_sample [n,l,c]", p.dev.as_ref(), &p.dev.add_per_sample(&sd, &vd).unwrap(), &want, 1e-3, 1e-2);
+    }
+}
+
+/// Resampling and copies are exact up to bf16 rounding of the average (pooling).
+#[test]
+fn resampling_concat_and_batch_ops_match_cpu() {
+    for p in pairs() {
+        let (xc, xd) = p.rand(&[2, 3, 5, 7], 210, 2.0);
+        let (ac, ad) = p.rand(&[2, 3, 5, 4], 211, 2.0);
+        let d = p.dev.as_ref();
+        check("upsample_nearest2x", d, &d.upsample_nearest2x(&xd).unwrap(), &p.cpu.upsample_nearest2x(&xc).unwrap(), 0.0, 0.0);
+        check("avg_pool2x", d, &d.avg_pool2x(&xd).unwrap(), &p.cpu.avg_pool2x(&xc).unwrap(), 1e-3, 1e-2);
+        check("concat_channels", d, &d.concat_channels(&xd, &ad).unwrap(), &p.cpu.concat_channels(&xc, &ac).unwrap(), 0.0, 0.0);
+        check("slice_batch", d, &d.slice_batch(&xd, 1, 1).unwrap(), &p.cpu.slice_batch(&xc, 1, 1).unwrap(), 0.0, 0.0);
+        let (bc, bd) = p.rand(&[3, 3, 5, 7], 212, 2.0);
+        let want = p.cpu.concat_batch(&[xc.clone(), bc.clone(), xc.clone()]).unwrap();
+        let got = d.concat_batch(&[xd.clone(), bd.clone(), xd.clone()]).unwrap();
+        check("concat_batch", d, &got, &want, 0.0, 0.0);
+    }
+}
+
+/// Attention: f32 scores and softmax, bf16 output. atol 1e-2 of scale, rtol 2e-2.
+#[test]
+fn attention_matches_cpu_for_ragged_lengths_and_head_sizes() {
+    for p in pairs() {
+        // (n, lq, lk, heads, dh): partial query blocks and key tiles, a 1-token sequence, dh 64.
+        for (i, (n, lq, lk, heads, dh)) in [(2, 19, 37, 2, 24), (1, 16, 16, 1, 64), (3, 1, 5, 4, 8)].into_iter().enumerate() {
+            let seed = 220 + 10 * i as u64;
+            let (qc, qd) = p.rand(&[n, lq, heads * dh], seed, 2.0);
+            let (kc, kd) = p.rand(&[n, lk, heads * dh], seed + 1, 2.0);
+            let (vc, vd) = p.rand(&[n, lk, heads * dh], seed + 2, 1.0);
+            let scale = 1.0 / (dh as f32).sqrt();
+            let want = p.cpu.attention(&qc, &kc, &vc, heads, scale).unwrap();
+            let got = p.dev.attention(&qd, &kd, &vd, heads, scale).unwrap();
+            check(&format!("attention n{n} lq{lq} lk{lk} h{heads} dh{dh}"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+        }
+    }
+}
+
+/// No float atomics: the same launch twice gives bit-identical results.
+#[test]
+fn kernels_are_deterministic() {
+    for p in pairs() {
+        let d = p.dev.as_ref();
+        let spec = ConvSpec::new(32, 24, 3, 1, 1);
+        let wts = values(24 * 32 * 9, 300, 0.06);
+        let conv = d.prepare_conv(spec, &wts, None).unwrap();
+        let norm = d.prepare_norm(8, 1e-5, &values(32, 301, 1.0), &values(32, 302, 1.0)).unwrap();
+        let x = d.upload(&[2, 6, 6, 32], &values(2 * 36 * 32, 303, 1.0)).unwrap();
+        let a = d.download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap()).unwrap();
+        let b = d.download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap()).unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: two runs differ", d.name());
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_errors_not_panics() {
+    for p in pairs() {
+        let d = p.dev.as_ref();
+        let a = d.upload(&[1, 2, 2, 3], &[0.0; 12]).unwrap();
+        let b = d.upload(&[1, 2, 2, 4], &[0.0; 16]).unwrap();
+        assert!(d.add(&a, &b).is_err());
+        let conv = d.prepare_conv(ConvSpec::new(4, 8, 3, 1, 1), &[0.0; 8 * 4 * 9], None).unwrap();
+        assert!(d.conv2d(&a, &conv, None).is_err());
+        let host = Tensor::host(vec![1, 2, 2, 3], vec![0.0; 12]);
+        assert!(d.add(&host, &a).is_err(), "host tensors must be uploaded first");
+    }
+}
