@@ -9,7 +9,8 @@
 //!    or a compile error fail the build.
 //! 3. With feature `emu`: compiles every kernel for the host (g++ -std=c++20 with
 //!    `kernels/uq_emu.h`) together with generated `extern "C"` launch wrappers into a static
-//!    library. `UQENGINE_EMU_SANITIZE=1` adds `-fsanitize=address`.
+//!    library. `UQENGINE_EMU_SANITIZE=1` adds `-fsanitize=address` (run the tests with the ASan
+//!    runtime preloaded: see the warning the build prints).
 //!
 //! Environment: `UQENGINE_CUDA_ARCH` (default `compute_80`), `UQENGINE_CUDA_INCLUDE` (CUDA
 //! headers; default: auto-detected), `UQENGINE_CUDA_LIB` (folder with libnvrtc, tried when the
@@ -397,7 +398,14 @@ fn build_emu(manifest: &Path, out: &Path, kernels_dir: &Path, modules: &[Module]
         .warnings(false);
     if env::var("UQENGINE_EMU_SANITIZE").is_ok_and(|v| v == "1") {
         build.flag("-fsanitize=address").flag("-fno-omit-frame-pointer");
-        println!("cargo:rustc-link-lib=dylib=asan");
+        // The runtime must come first in the process (it replaces the allocator, so the emulated
+        // device's buffers get red zones): link it, and preload it when running the tests.
+        println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lasan,--pop-state");
+        println!(
+            "cargo:warning=UQENGINE_EMU_SANITIZE=1: run the tests with \
+             CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=\"env LD_PRELOAD=$(g++ -print-file-name=libasan.so) \
+             ASAN_OPTIONS=detect_leaks=0\""
+        );
     }
     for m in modules {
         let mut w = String::new();
