@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA backend, for a machine with an NVIDIA GPU.
+#
+#   tools/gpu-check.sh               build (when cargo is here) and run everything below
+#   tools/gpu-check.sh --build-only  on a machine without a GPU: build the test binaries and copy
+#                                    them with the PTX into target/gpu-check/, to carry to a GPU
+#                                    machine that has no Rust toolchain
+#
+# Steps: install the CUDA tools (tools/install-cuda-tools.sh) unless ptxas/NVRTC are already
+# present; build with UQENGINE_REQUIRE_NVRTC=1; run the kernel tests on the GPU
+# (tests/kernels_emu.rs, tests/emu_selftest.rs); `ptxas -v` facts for sm_90
+# (tools/ptxas-table.sh); the kernel benchmark (tests/kernels_bench.rs) next to PyTorch at the
+# same shapes when python3 has torch. Everything is written under $OUT (default out/gpu-check).
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+OUT="${OUT:-$root/out/gpu-check}"
+mkdir -p "$OUT"
+pre="$root/target/gpu-check"
+build_only=0
+[[ "${1:-}" == "--build-only" ]] && build_only=1
+status=0
+
+log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+
+if command -v cargo >/dev/null; then
+    if ! command -v ptxas >/dev/null || [[ $build_only == 1 ]]; then
+        eval "$(tools/install-cuda-tools.sh)" || { log "installing the CUDA tools failed"; exit 1; }
+    fi
+    export UQENGINE_REQUIRE_NVRTC=1 UQENGINE_CUDA_ARCH="${UQENGINE_CUDA_ARCH:-compute_80}"
+    log "building test binaries (UQENGINE_REQUIRE_NVRTC=1, $UQENGINE_CUDA_ARCH)"
+    cargo test --release --no-run --message-format=json --test kernels_emu --test emu_selftest --test kernels_bench \
+        >"$pre.json" 2>"$OUT/build.log" || { log "build failed: see build.log"; tail -30 "$OUT/build.log"; exit 1; }
+    rm -rf "$pre" && mkdir -p "$pre/ptx"
+    python3 - "$pre.json" "$pre" <<'PY'
+import json, shutil, sys, os
+out = sys.argv[2]
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], os.path.join(out, m["target"]["name"]))
+    if m.get("reason") == "build-script-executed" and m["package_id"].find("uqengine") >= 0:
+        ptx = os.path.join(m["out_dir"], "ptx")
+        for f in os.listdir(ptx) if os.path.isdir(ptx) else []:
+            shutil.copy(os.path.join(ptx, f), os.path.join(out, "ptx", f))
+PY
+    strip "$pre"/kernels_emu "$pre"/emu_selftest "$pre"/kernels_bench 2>/dev/null || true
+    log "binaries and PTX in $pre ($(du -sh "$pre" | cut -f1))"
+fi
+[[ $build_only == 1 ]] && exit 0
+[[ -x "$pre/kernels_emu" ]] || { log "no test binaries in $pre: run with cargo, or --build-only elsewhere and carry target/gpu-check"; exit 1; }
+
+# Run-time NVRTC (used only when the driver rejects the embedded PTX): a pip-installed copy will do.
+if [[ -z "${UQENGINE_CUDA_LIB:-}" ]]; then
+    lib=$(find /usr/local /opt /usr/lib "$root/.cuda" -name 'libnvrtc.so.13' 2>/dev/null | head -1)
+    [[ -n "$lib" ]] && export UQENGINE_CUDA_LIB="$(dirname "$lib")"
+fi
+nvidia-smi 2>&1 | head -15 >>"$OUT/summary.txt" || log "nvidia-smi failed"
+
+for t in emu_selftest kernels_emu; do
+    log "GPU tests: $t"
+    if "$pre/$t" --test-threads=1 --nocapture >"$OUT/test_$t.txt" 2>&1; then
+        grep -E "^test result" "$OUT/test_$t.txt" | tee -a "$OUT/summary.txt"
+    else
+        status=1
+        log "$t FAILED"; grep -E "^test |panicked|mismatch" "$OUT/test_$t.txt" | head -40 | tee -a "$OUT/summary.txt"
+    fi
+    grep -q "skipping GPU" "$OUT/test_$t.txt" && { log "no GPU seen by the tests"; status=1; }
+done
+
+log "ptxas -v, sm_90"
+tools/ptxas-table.sh --ptx "$pre/ptx" --json "$OUT/ptxas_sm90.json" 2>&1 | tee -a "$OUT/summary.txt" || status=1
+
+log "kernel benchmark"
+UQENGINE_BENCH_JSON="$OUT/kernel_bench.json" "$pre/kernels_bench" --ignored --nocapture 2>&1 | grep -E '^\{|skipping|panicked' | tee -a "$OUT/summary.txt"
+
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    log "PyTorch at the same shapes"
+    python3 - "$OUT/torch_bench.json" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import json, sys, torch, torch.nn.functional as F
+dev, bf = "cuda", torch.bfloat16
+def t(f, reps=20):
+    for _ in range(3): f()
+    torch.cuda.synchronize()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for a, b in ev:
+        a.record(); f(); b.record()
+    torch.cuda.synchronize()
+    ms = sorted(a.elapsed_time(b) for a, b in ev)
+    return ms[len(ms) // 2]
+res = []
+for n, hw, c in [(8, 64, 128), (8, 32, 256), (8, 16, 512)]:
+    x = torch.randn(n, c, hw, hw, device=dev, dtype=bf).to(memory_format=torch.channels_last)
+    w = (torch.randn(c, c, 3, 3, device=dev, dtype=bf) * 0.02).to(memory_format=torch.channels_last)
+    bias = torch.zeros(c, device=dev, dtype=bf)
+    g, be = torch.ones(c, device=dev, dtype=bf), torch.zeros(c, device=dev, dtype=bf)
+    fl = 2 * n * hw * hw * c * c * 9
+    shape = f"n{n} {hw}x{hw} {c}->{c} 3x3"
+    ms = t(lambda: F.conv2d(x, w, bias, padding=1)); res.append(dict(op="conv2d", shape=shape, ms=ms, tflops=fl / ms / 1e9))
+    ms = t(lambda: F.conv2d(F.silu(F.group_norm(x, 32, g, be)), w, bias, padding=1) + x)
+    res.append(dict(op="norm_conv2d_silu", shape=shape, ms=ms, tflops=fl / ms / 1e9))
+    ms = t(lambda: F.silu(F.group_norm(x, 32, g, be))); res.append(dict(op="group_norm_silu", shape=f"n{n} {hw}x{hw}x{c} g32", ms=ms))
+x = torch.randn(8 * 1024, 512, device=dev, dtype=bf); w = torch.randn(2048, 512, device=dev, dtype=bf) * 0.04
+ms = t(lambda: F.gelu(F.linear(x, w))); res.append(dict(op="linear_gelu", shape="8192x512->2048", ms=ms, tflops=2 * 8192 * 512 * 2048 / ms / 1e9))
+for n, L, h, dh in [(8, 1024, 8, 64), (8, 256, 4, 128)]:
+    q, k, v = (torch.randn(n, h, L, dh, device=dev, dtype=bf) for _ in range(3))
+    ms = t(lambda: F.scaled_dot_product_attention(q, k, v), 10)
+    res.append(dict(op="attention", shape=f"n{n} len{L} heads{h} dh{dh}", ms=ms, tflops=4 * n * h * L * L * dh / ms / 1e9))
+json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, results=res), open(sys.argv[1], "w"), indent=1)
+import os
+ours_path = sys.argv[1].replace("torch_bench", "kernel_bench")
+ours = {(r["op"], r["shape"]): r for r in json.load(open(ours_path))["results"]} if os.path.exists(ours_path) else {}
+print(f"{'op':18} {'shape':28} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10}")
+for r in res:
+    o = ours.get((r["op"], r["shape"]))
+    if o:
+        print(f"{r['op']:18} {r['shape']:28} {o['ms']:9.3f} {r['ms']:9.3f} {r['ms'] / o['ms']:10.2f}")
+PY
+fi
+log "done (status $status); files in $OUT"
+exit $status
