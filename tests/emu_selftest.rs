@@ -73,7 +73,12 @@ fn block_reduction_survives_exited_threads() {
         let got = out.to_host(d).unwrap();
         for b in 0..blocks {
             let want: f64 = x[b * per_block..(b + 1) * per_block].iter().map(|&v| v as f64).sum();
-            assert!((got[b] as f64 - want).abs() < 1e-3, "{}: block {b}: {} vs {want}", d.name(), got[b]);
+            assert!(
+                (got[b] as f64 - want).abs() < 1e-3,
+                "{}: block {b}: {} vs {want}",
+                d.name(),
+                got[b]
+            );
         }
     }
 }
@@ -97,7 +102,16 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
         );
         let mut c = DevBuf::<f32>::zeros(d, 128).unwrap();
         let mut c2 = DevBuf::<f32>::zeros(d, 128).unwrap();
-        k::selftest_mma(d, LaunchCfg::linear(1, 32), ab.ptr(), btb.ptr(), bb.ptr(), c.ptr_mut(), c2.ptr_mut()).unwrap();
+        k::selftest_mma(
+            d,
+            LaunchCfg::linear(1, 32),
+            ab.ptr(),
+            btb.ptr(),
+            bb.ptr(),
+            c.ptr_mut(),
+            c2.ptr_mut(),
+        )
+        .unwrap();
         let (c, c2) = (c.to_host(d).unwrap(), c2.to_host(d).unwrap());
         for m in 0..16 {
             for n in 0..8 {
@@ -105,8 +119,18 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
                 // summation order only.
                 let want: f64 = (0..16).map(|kk| a[m * 16 + kk].to_f64() * b[kk * 8 + n].to_f64()).sum();
                 let tol = 1e-5 * (1.0 + want.abs());
-                assert!((c[m * 8 + n] as f64 - want).abs() <= tol, "{}: C[{m}][{n}] {} vs {want}", d.name(), c[m * 8 + n]);
-                assert!((c2[m * 8 + n] as f64 - want).abs() <= tol, "{}: trans C[{m}][{n}] {} vs {want}", d.name(), c2[m * 8 + n]);
+                assert!(
+                    (c[m * 8 + n] as f64 - want).abs() <= tol,
+                    "{}: C[{m}][{n}] {} vs {want}",
+                    d.name(),
+                    c[m * 8 + n]
+                );
+                assert!(
+                    (c2[m * 8 + n] as f64 - want).abs() <= tol,
+                    "{}: trans C[{m}][{n}] {} vs {want}",
+                    d.name(),
+                    c2[m * 8 + n]
+                );
             }
         }
     }
@@ -115,8 +139,28 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
 /// Edge cases of rounding plus a spread of magnitudes (normal, subnormal in f16, overflow).
 fn conversion_inputs() -> Vec<f32> {
     let mut x = vec![
-        0.0, -0.0, 1.0, -1.0, 1.0039062, 1.0117188, 65504.0, 65519.0, 65520.0, 1e6, -1e6, 6.0e-8, 3.0e-8, 2.98e-8,
-        1e-5, 6.1035156e-5, 6.1e-5, 3.4e38, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE, 1e-40,
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        1.0039062,
+        1.0117188,
+        65504.0,
+        65519.0,
+        65520.0,
+        1e6,
+        -1e6,
+        6.0e-8,
+        3.0e-8,
+        2.98e-8,
+        1e-5,
+        6.1035156e-5,
+        6.1e-5,
+        3.4e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+        1e-40,
     ];
     let mut s = 12345u64;
     for i in 0..20000 {
@@ -140,7 +184,14 @@ fn half_conversions_round_to_nearest_even_bit_exactly() {
         let d = dev.as_ref();
         let xb = DevBuf::from_host(d, &x).unwrap();
         let mut y = DevBuf::<u32>::zeros(d, x.len()).unwrap();
-        k::selftest_convert(d, LaunchCfg::for_items(x.len(), 256), xb.ptr(), y.ptr_mut(), x.len() as i32).unwrap();
+        k::selftest_convert(
+            d,
+            LaunchCfg::for_items(x.len(), 256),
+            xb.ptr(),
+            y.ptr_mut(),
+            x.len() as i32,
+        )
+        .unwrap();
         let y = y.to_host(d).unwrap();
         for (i, &v) in x.iter().enumerate() {
             let (bf, hf) = ((y[i] & 0xffff) as u16, (y[i] >> 16) as u16);
@@ -158,6 +209,9 @@ fn emulated_f16_to_f32_is_exact_for_every_encoding() {
     let got = emu_f16_bits_to_f32(&bits);
     for (b, g) in bits.iter().zip(got) {
         let want = half::f16::from_bits(*b).to_f32();
-        assert!(g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()), "f16 {b:#06x}: {g} vs {want}");
+        assert!(
+            g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+            "f16 {b:#06x}: {g} vs {want}"
+        );
     }
 }

@@ -64,24 +64,54 @@ fn gpu_kernel_throughput() {
 
     for (n, hw, c) in [(8usize, 64usize, 128usize), (8, 32, 256), (8, 16, 512)] {
         let spec = ConvSpec::new(c, c, 3, 1, 1);
-        let conv = b.prepare_conv(spec, &values(c * c * 9, 1, 0.02), Some(&values(c, 2, 0.1))).unwrap();
-        let norm = b.prepare_norm(32, 1e-5, &values(c, 3, 1.0), &values(c, 4, 0.1)).unwrap();
+        let conv = b
+            .prepare_conv(spec, &values(c * c * 9, 1, 0.02), Some(&values(c, 2, 0.1)))
+            .unwrap();
+        let norm = b
+            .prepare_norm(32, 1e-5, &values(c, 3, 1.0), &values(c, 4, 0.1))
+            .unwrap();
         let x = b.upload(&[n, hw, hw, c], &values(n * hw * hw * c, 5, 1.0)).unwrap();
         let flops = 2.0 * (n * hw * hw * c * c * 9) as f64;
         let bytes = 2.0 * (2 * n * hw * hw * c + c * c * 9) as f64;
         let shape = format!("n{n} {hw}x{hw} {c}->{c} 3x3");
-        record("conv2d", shape.clone(), time(&b, 20, || b.conv2d(&x, &conv, None).unwrap()), flops, bytes);
-        record("norm_conv2d_silu", shape, time(&b, 20, || b.norm_conv2d(&x, &norm, true, &conv, Some(&x)).unwrap()), flops, bytes);
+        record(
+            "conv2d",
+            shape.clone(),
+            time(&b, 20, || b.conv2d(&x, &conv, None).unwrap()),
+            flops,
+            bytes,
+        );
+        record(
+            "norm_conv2d_silu",
+            shape,
+            time(&b, 20, || b.norm_conv2d(&x, &norm, true, &conv, Some(&x)).unwrap()),
+            flops,
+            bytes,
+        );
         let gn_bytes = 2.0 * (3 * n * hw * hw * c) as f64;
-        record("group_norm_silu", format!("n{n} {hw}x{hw}x{c} g32"), time(&b, 20, || b.group_norm(&x, &norm, true).unwrap()), 0.0, gn_bytes);
+        record(
+            "group_norm_silu",
+            format!("n{n} {hw}x{hw}x{c} g32"),
+            time(&b, 20, || b.group_norm(&x, &norm, true).unwrap()),
+            0.0,
+            gn_bytes,
+        );
     }
     {
         let (rows_, din, dout) = (8 * 1024, 512, 2048);
-        let lin = b.prepare_linear(din, dout, &values(din * dout, 6, 0.04), Some(&values(dout, 7, 0.1))).unwrap();
+        let lin = b
+            .prepare_linear(din, dout, &values(din * dout, 6, 0.04), Some(&values(dout, 7, 0.1)))
+            .unwrap();
         let x = b.upload(&[8, 1024, din], &values(rows_ * din, 8, 1.0)).unwrap();
         let flops = 2.0 * (rows_ * din * dout) as f64;
         let bytes = 2.0 * (rows_ * din + rows_ * dout + din * dout) as f64;
-        record("linear_gelu", format!("{rows_}x{din}->{dout}"), time(&b, 20, || b.linear(&x, &lin, Activation::Gelu, None).unwrap()), flops, bytes);
+        record(
+            "linear_gelu",
+            format!("{rows_}x{din}->{dout}"),
+            time(&b, 20, || b.linear(&x, &lin, Activation::Gelu, None).unwrap()),
+            flops,
+            bytes,
+        );
     }
     for (n, len, heads, dh) in [(8usize, 1024usize, 8usize, 64usize), (8, 256, 4, 128)] {
         let d = heads * dh;
@@ -99,7 +129,11 @@ fn gpu_kernel_throughput() {
             bytes,
         );
     }
-    let json = format!("{{\"device\": \"{}\", \"results\": [\n  {}\n]}}\n", b.name(), rows.join(",\n  "));
+    let json = format!(
+        "{{\"device\": \"{}\", \"results\": [\n  {}\n]}}\n",
+        b.name(),
+        rows.join(",\n  ")
+    );
     match std::env::var("UQENGINE_BENCH_JSON") {
         Ok(path) => std::fs::write(&path, &json).unwrap_or_else(|e| panic!("{path}: {e}")),
         Err(_) => print!("{json}"),

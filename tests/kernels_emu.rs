@@ -21,7 +21,9 @@ use uqengine::Tensor;
 fn devices() -> Vec<Arc<dyn Backend>> {
     let mut v: Vec<Arc<dyn Backend>> = Vec::new();
     #[cfg(feature = "emu")]
-    v.push(Arc::new(CudaBackend::new(Arc::new(uqengine::backend::cuda::emu::EmuDevice::new()))));
+    v.push(Arc::new(CudaBackend::new(Arc::new(
+        uqengine::backend::cuda::emu::EmuDevice::new(),
+    ))));
     #[cfg(not(feature = "emu"))]
     eprintln!("skipping the emulated device: build with --features emu");
     match GpuDevice::new(0) {
@@ -59,7 +61,10 @@ struct Pair {
 
 impl Pair {
     fn up(&self, shape: &[usize], data: &[f32]) -> (Tensor, Tensor) {
-        (self.cpu.upload(shape, data).unwrap(), self.dev.upload(shape, data).unwrap())
+        (
+            self.cpu.upload(shape, data).unwrap(),
+            self.dev.upload(shape, data).unwrap(),
+        )
     }
     fn rand(&self, shape: &[usize], seed: u64, scale: f32) -> (Tensor, Tensor) {
         let n = shape.iter().product();
@@ -68,7 +73,13 @@ impl Pair {
 }
 
 fn pairs() -> Vec<Pair> {
-    devices().into_iter().map(|dev| Pair { cpu: CpuBackend::new(), dev }).collect()
+    devices()
+        .into_iter()
+        .map(|dev| Pair {
+            cpu: CpuBackend::new(),
+            dev,
+        })
+        .collect()
 }
 
 // Convolutions: bf16 output rounding plus summation order. atol 1e-2 of the output scale,
@@ -77,9 +88,14 @@ const CONV_ATOL: f32 = 1e-2;
 const CONV_RTOL: f32 = 2e-2;
 
 /// One convolution case: input [n, h, w, cin], spec, with/without bias and residual.
+#[allow(clippy::too_many_arguments)]
 fn conv_case(p: &Pair, n: usize, h: usize, w: usize, spec: ConvSpec, bias: bool, residual: bool, seed: u64) {
     let k = spec.kernel;
-    let wts = values(spec.cout * spec.cin * k * k, seed, 1.0 / ((spec.cin * k * k) as f32).sqrt());
+    let wts = values(
+        spec.cout * spec.cin * k * k,
+        seed,
+        1.0 / ((spec.cin * k * k) as f32).sqrt(),
+    );
     let b = values(spec.cout, seed + 1, 0.5);
     let bias = bias.then_some(b.as_slice());
     let cc = p.cpu.prepare_conv(spec, &wts, bias).unwrap();
@@ -90,7 +106,14 @@ fn conv_case(p: &Pair, n: usize, h: usize, w: usize, spec: ConvSpec, bias: bool,
     let (rc, rd) = if residual { (Some(&rc), Some(&rd)) } else { (None, None) };
     let want = p.cpu.conv2d(&xc, &cc, rc).unwrap();
     let got = p.dev.conv2d(&xd, &dc, rd).unwrap();
-    check(&format!("conv2d {spec:?} on [{n},{h},{w},{}]", spec.cin), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+    check(
+        &format!("conv2d {spec:?} on [{n},{h},{w},{}]", spec.cin),
+        p.dev.as_ref(),
+        &got,
+        &want,
+        CONV_ATOL,
+        CONV_RTOL,
+    );
 }
 
 #[test]
@@ -150,12 +173,23 @@ fn norm_conv2d_fused_prologue_matches_composition() {
             let cc = p.cpu.prepare_conv(spec, &wts, Some(&b)).unwrap();
             let dc = p.dev.prepare_conv(spec, &wts, Some(&b)).unwrap();
             // A non-zero mean per channel makes the normalisation matter.
-            let x: Vec<f32> = values(2 * 6 * 5 * cin, seed + 4, 1.0).iter().enumerate().map(|(i, v)| v + (i % cin) as f32 * 0.1).collect();
+            let x: Vec<f32> = values(2 * 6 * 5 * cin, seed + 4, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + (i % cin) as f32 * 0.1)
+                .collect();
             let (xc, xd) = p.up(&[2, 6, 5, cin], &x);
             let (rc, rd) = p.rand(&[2, 6, 5, cout], seed + 5, 1.0);
             let want = p.cpu.norm_conv2d(&xc, &nc, silu, &cc, Some(&rc)).unwrap();
             let got = p.dev.norm_conv2d(&xd, &nd, silu, &dc, Some(&rd)).unwrap();
-            check(&format!("norm_conv2d cin {cin} cout {cout} silu {silu}"), p.dev.as_ref(), &got, &want, 1.5e-2, 3e-2);
+            check(
+                &format!("norm_conv2d cin {cin} cout {cout} silu {silu}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1.5e-2,
+                3e-2,
+            );
         }
     }
 }
@@ -177,7 +211,14 @@ fn conv2d_members_uses_each_members_weights() {
             let (xc, xd) = p.rand(&[b * members, 5, 4, 32], seed + 7, 1.0);
             let want = p.cpu.conv2d_members(&xc, &cc).unwrap();
             let got = p.dev.conv2d_members(&xd, &dc).unwrap();
-            check(&format!("conv2d_members cout {cout}"), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+            check(
+                &format!("conv2d_members cout {cout}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                CONV_ATOL,
+                CONV_RTOL,
+            );
         }
     }
 }
@@ -195,7 +236,14 @@ fn group_norm_matches_cpu_with_and_without_silu() {
             let (xc, xd) = p.up(&[n, h, w, c], &x);
             let want = p.cpu.group_norm(&xc, &nc, silu).unwrap();
             let got = p.dev.group_norm(&xd, &nd, silu).unwrap();
-            check(&format!("group_norm [{n},{h},{w},{c}] g{groups} silu {silu}"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+            check(
+                &format!("group_norm [{n},{h},{w},{c}] g{groups} silu {silu}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1e-2,
+                2e-2,
+            );
         }
     }
 }
@@ -211,7 +259,14 @@ fn layer_norm_matches_cpu() {
             let (xc, xd) = p.rand(&[rows, dim], 152, 2.0);
             let want = p.cpu.layer_norm(&xc, &nc).unwrap();
             let got = p.dev.layer_norm(&xd, &nd).unwrap();
-            check(&format!("layer_norm [{rows},{dim}]"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+            check(
+                &format!("layer_norm [{rows},{dim}]"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1e-2,
+                2e-2,
+            );
         }
     }
 }
@@ -239,7 +294,14 @@ fn linear_matches_cpu_for_every_activation_and_residual() {
             let (rc, rd) = if res { (Some(&rc), Some(&rd)) } else { (None, None) };
             let want = p.cpu.linear(&xc, &lc, act, rc).unwrap();
             let got = p.dev.linear(&xd, &ld, act, rd).unwrap();
-            check(&format!("linear {rows}x{din}->{dout} {act:?}"), p.dev.as_ref(), &got, &want, CONV_ATOL, CONV_RTOL);
+            check(
+                &format!("linear {rows}x{din}->{dout} {act:?}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                CONV_ATOL,
+                CONV_RTOL,
+            );
         }
     }
 }
@@ -250,18 +312,44 @@ fn elementwise_ops_match_cpu() {
     for p in pairs() {
         let (xc, xd) = p.rand(&[2, 3, 5, 7], 200, 4.0);
         let (yc, yd) = p.rand(&[2, 3, 5, 7], 201, 4.0);
-        for act in [Activation::None, Activation::Silu, Activation::QuickGelu, Activation::Gelu] {
+        for act in [
+            Activation::None,
+            Activation::Silu,
+            Activation::QuickGelu,
+            Activation::Gelu,
+        ] {
             let want = p.cpu.activation(&xc, act).unwrap();
             let got = p.dev.activation(&xd, act).unwrap();
             check(&format!("activation {act:?}"), p.dev.as_ref(), &got, &want, 1e-3, 1e-2);
         }
-        check("add", p.dev.as_ref(), &p.dev.add(&xd, &yd).unwrap(), &p.cpu.add(&xc, &yc).unwrap(), 1e-3, 1e-2);
+        check(
+            "add",
+            p.dev.as_ref(),
+            &p.dev.add(&xd, &yd).unwrap(),
+            &p.cpu.add(&xc, &yc).unwrap(),
+            1e-3,
+            1e-2,
+        );
         let (vc, vd) = p.rand(&[2, 7], 202, 1.0);
         let want = p.cpu.add_per_sample(&xc, &vc).unwrap();
-        check("add_per_sample NHWC", p.dev.as_ref(), &p.dev.add_per_sample(&xd, &vd).unwrap(), &want, 1e-3, 1e-2);
+        check(
+            "add_per_sample NHWC",
+            p.dev.as_ref(),
+            &p.dev.add_per_sample(&xd, &vd).unwrap(),
+            &want,
+            1e-3,
+            1e-2,
+        );
         let (sc, sd) = p.rand(&[2, 15, 7], 203, 1.0);
         let want = p.cpu.add_per_sample(&sc, &vc).unwrap();
-        check("add_per_sample [n,l,c]", p.dev.as_ref(), &p.dev.add_per_sample(&sd, &vd).unwrap(), &want, 1e-3, 1e-2);
+        check(
+            "add_per_sample [n,l,c]",
+            p.dev.as_ref(),
+            &p.dev.add_per_sample(&sd, &vd).unwrap(),
+            &want,
+            1e-3,
+            1e-2,
+        );
     }
 }
 
@@ -272,10 +360,38 @@ fn resampling_concat_and_batch_ops_match_cpu() {
         let (xc, xd) = p.rand(&[2, 3, 5, 7], 210, 2.0);
         let (ac, ad) = p.rand(&[2, 3, 5, 4], 211, 2.0);
         let d = p.dev.as_ref();
-        check("upsample_nearest2x", d, &d.upsample_nearest2x(&xd).unwrap(), &p.cpu.upsample_nearest2x(&xc).unwrap(), 0.0, 0.0);
-        check("avg_pool2x", d, &d.avg_pool2x(&xd).unwrap(), &p.cpu.avg_pool2x(&xc).unwrap(), 1e-3, 1e-2);
-        check("concat_channels", d, &d.concat_channels(&xd, &ad).unwrap(), &p.cpu.concat_channels(&xc, &ac).unwrap(), 0.0, 0.0);
-        check("slice_batch", d, &d.slice_batch(&xd, 1, 1).unwrap(), &p.cpu.slice_batch(&xc, 1, 1).unwrap(), 0.0, 0.0);
+        check(
+            "upsample_nearest2x",
+            d,
+            &d.upsample_nearest2x(&xd).unwrap(),
+            &p.cpu.upsample_nearest2x(&xc).unwrap(),
+            0.0,
+            0.0,
+        );
+        check(
+            "avg_pool2x",
+            d,
+            &d.avg_pool2x(&xd).unwrap(),
+            &p.cpu.avg_pool2x(&xc).unwrap(),
+            1e-3,
+            1e-2,
+        );
+        check(
+            "concat_channels",
+            d,
+            &d.concat_channels(&xd, &ad).unwrap(),
+            &p.cpu.concat_channels(&xc, &ac).unwrap(),
+            0.0,
+            0.0,
+        );
+        check(
+            "slice_batch",
+            d,
+            &d.slice_batch(&xd, 1, 1).unwrap(),
+            &p.cpu.slice_batch(&xc, 1, 1).unwrap(),
+            0.0,
+            0.0,
+        );
         let (bc, bd) = p.rand(&[3, 3, 5, 7], 212, 2.0);
         let want = p.cpu.concat_batch(&[xc.clone(), bc.clone(), xc.clone()]).unwrap();
         let got = d.concat_batch(&[xd.clone(), bd.clone(), xd.clone()]).unwrap();
@@ -288,7 +404,10 @@ fn resampling_concat_and_batch_ops_match_cpu() {
 fn attention_matches_cpu_for_ragged_lengths_and_head_sizes() {
     for p in pairs() {
         // (n, lq, lk, heads, dh): partial query blocks and key tiles, a 1-token sequence, dh 64.
-        for (i, (n, lq, lk, heads, dh)) in [(2, 19, 37, 2, 24), (1, 16, 16, 1, 64), (3, 1, 5, 4, 8)].into_iter().enumerate() {
+        for (i, (n, lq, lk, heads, dh)) in [(2, 19, 37, 2, 24), (1, 16, 16, 1, 64), (3, 1, 5, 4, 8)]
+            .into_iter()
+            .enumerate()
+        {
             let seed = 220 + 10 * i as u64;
             let (qc, qd) = p.rand(&[n, lq, heads * dh], seed, 2.0);
             let (kc, kd) = p.rand(&[n, lk, heads * dh], seed + 1, 2.0);
@@ -296,7 +415,14 @@ fn attention_matches_cpu_for_ragged_lengths_and_head_sizes() {
             let scale = 1.0 / (dh as f32).sqrt();
             let want = p.cpu.attention(&qc, &kc, &vc, heads, scale).unwrap();
             let got = p.dev.attention(&qd, &kd, &vd, heads, scale).unwrap();
-            check(&format!("attention n{n} lq{lq} lk{lk} h{heads} dh{dh}"), p.dev.as_ref(), &got, &want, 1e-2, 2e-2);
+            check(
+                &format!("attention n{n} lq{lq} lk{lk} h{heads} dh{dh}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1e-2,
+                2e-2,
+            );
         }
     }
 }
@@ -309,11 +435,21 @@ fn kernels_are_deterministic() {
         let spec = ConvSpec::new(32, 24, 3, 1, 1);
         let wts = values(24 * 32 * 9, 300, 0.06);
         let conv = d.prepare_conv(spec, &wts, None).unwrap();
-        let norm = d.prepare_norm(8, 1e-5, &values(32, 301, 1.0), &values(32, 302, 1.0)).unwrap();
+        let norm = d
+            .prepare_norm(8, 1e-5, &values(32, 301, 1.0), &values(32, 302, 1.0))
+            .unwrap();
         let x = d.upload(&[2, 6, 6, 32], &values(2 * 36 * 32, 303, 1.0)).unwrap();
-        let a = d.download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap()).unwrap();
-        let b = d.download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap()).unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{}: two runs differ", d.name());
+        let a = d
+            .download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap())
+            .unwrap();
+        let b = d
+            .download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap())
+            .unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}: two runs differ",
+            d.name()
+        );
     }
 }
 
@@ -324,7 +460,9 @@ fn mismatched_shapes_are_errors_not_panics() {
         let a = d.upload(&[1, 2, 2, 3], &[0.0; 12]).unwrap();
         let b = d.upload(&[1, 2, 2, 4], &[0.0; 16]).unwrap();
         assert!(d.add(&a, &b).is_err());
-        let conv = d.prepare_conv(ConvSpec::new(4, 8, 3, 1, 1), &[0.0; 8 * 4 * 9], None).unwrap();
+        let conv = d
+            .prepare_conv(ConvSpec::new(4, 8, 3, 1, 1), &[0.0; 8 * 4 * 9], None)
+            .unwrap();
         assert!(d.conv2d(&a, &conv, None).is_err());
         let host = Tensor::host(vec![1, 2, 2, 3], vec![0.0; 12]);
         assert!(d.add(&host, &a).is_err(), "host tensors must be uploaded first");

@@ -51,7 +51,10 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 fn ew_cfg(n: usize) -> LaunchCfg {
-    LaunchCfg::linear(n.div_ceil(EW_THREADS as usize).clamp(1, EW_MAX_BLOCKS) as u32, EW_THREADS)
+    LaunchCfg::linear(
+        n.div_ceil(EW_THREADS as usize).clamp(1, EW_MAX_BLOCKS) as u32,
+        EW_THREADS,
+    )
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -99,21 +102,30 @@ impl CudaBackend {
             Storage::Device(any) => any
                 .downcast_ref::<CudaStorage>()
                 .ok_or_else(|| err(format!("tensor {:?} belongs to another backend", x.shape()))),
-            Storage::Host(_) => Err(err(format!("tensor {:?} is in host memory; upload it first", x.shape()))),
+            Storage::Host(_) => Err(err(format!(
+                "tensor {:?} is in host memory; upload it first",
+                x.shape()
+            ))),
         }
     }
 
     fn bf16<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<Bf16>> {
         match self.storage(x)? {
             CudaStorage::Bf16(b) => Ok(b),
-            CudaStorage::F32(_) => Err(err(format!("tensor {:?} holds f32 parameters, not activations", x.shape()))),
+            CudaStorage::F32(_) => Err(err(format!(
+                "tensor {:?} holds f32 parameters, not activations",
+                x.shape()
+            ))),
         }
     }
 
     fn f32<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<f32>> {
         match self.storage(x)? {
             CudaStorage::F32(b) => Ok(b),
-            CudaStorage::Bf16(_) => Err(err(format!("tensor {:?} holds bf16 data, not f32 parameters", x.shape()))),
+            CudaStorage::Bf16(_) => Err(err(format!(
+                "tensor {:?} holds bf16 data, not f32 parameters",
+                x.shape()
+            ))),
         }
     }
 
@@ -133,7 +145,12 @@ impl CudaBackend {
     fn group_stats(&self, x: &Tensor, norm: &Norm) -> Result<DevBuf<f32>> {
         let (n, h, w, c) = x.nhwc();
         check(c == norm.channels && norm.groups > 0 && c % norm.groups == 0, || {
-            format!("group_norm: input {:?} for {} channels in {} groups", x.shape(), norm.channels, norm.groups)
+            format!(
+                "group_norm: input {:?} for {} channels in {} groups",
+                x.shape(),
+                norm.channels,
+                norm.groups
+            )
         })?;
         let mut stats = DevBuf::<f32>::zeros(self.d(), n * norm.groups * 2)?;
         if n > 0 {
@@ -184,7 +201,10 @@ impl CudaBackend {
         let act = act_code(act);
         if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
             let p = g.ho * g.wo;
-            let cfg = LaunchCfg::grid((p.div_ceil(64) as u32, g.cout.div_ceil(64) as u32, g.n as u32), (128, 1, 1));
+            let cfg = LaunchCfg::grid(
+                (p.div_ceil(64) as u32, g.cout.div_ceil(64) as u32, g.n as u32),
+                (128, 1, 1),
+            );
             k::conv2d_mma(
                 self.d(),
                 cfg,
@@ -250,14 +270,17 @@ impl CudaBackend {
         let (n, h, w, c) = x.nhwc();
         let spec = conv.spec;
         check(c == spec.cin, || format!("conv2d: input {:?} for {spec:?}", x.shape()))?;
-        check(h + 2 * spec.padding + spec.pad_end >= spec.kernel && w + 2 * spec.padding + spec.pad_end >= spec.kernel, || {
-            format!("conv2d: input {:?} smaller than the kernel of {spec:?}", x.shape())
-        })?;
+        check(
+            h + 2 * spec.padding + spec.pad_end >= spec.kernel && w + 2 * spec.padding + spec.pad_end >= spec.kernel,
+            || format!("conv2d: input {:?} smaller than the kernel of {spec:?}", x.shape()),
+        )?;
         let (ho, wo) = spec.out_hw(h, w);
         let oshape = vec![n, ho, wo, spec.cout];
         let res = match residual {
             Some(r) => {
-                check(r.shape() == oshape.as_slice(), || format!("conv2d: residual {:?} for output {oshape:?}", r.shape()))?;
+                check(r.shape() == oshape.as_slice(), || {
+                    format!("conv2d: residual {:?} for output {oshape:?}", r.shape())
+                })?;
                 self.bf16(r)?.ptr()
             }
             None => DevPtr::null(),
@@ -268,7 +291,17 @@ impl CudaBackend {
         };
         let mut y = self.alloc_bf16(n * ho * wo * spec.cout)?;
         let g = geom(n, h, w, ho, wo, &spec);
-        self.conv_launch(self.bf16(x)?.ptr(), self.bf16(&conv.weight)?.ptr(), bias, res, &mut y, &g, 1, prologue, Activation::None)?;
+        self.conv_launch(
+            self.bf16(x)?.ptr(),
+            self.bf16(&conv.weight)?.ptr(),
+            bias,
+            res,
+            &mut y,
+            &g,
+            1,
+            prologue,
+            Activation::None,
+        )?;
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
     }
 
@@ -338,7 +371,9 @@ impl Backend for CudaBackend {
             format!("conv weights: {} values for {spec:?}", w_oihw.len())
         })?;
         if let Some(b) = bias {
-            check(b.len() == spec.cout, || format!("conv bias: {} values for {} outputs", b.len(), spec.cout))?;
+            check(b.len() == spec.cout, || {
+                format!("conv bias: {} values for {} outputs", b.len(), spec.cout)
+            })?;
         }
         // [cout][cin][ky][kx] -> [cout][ky][kx][cin]
         let mut w = vec![Bf16::ZERO; w_oihw.len()];
@@ -358,12 +393,19 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
-        check(w.len() == din * dout, || format!("linear weights: {} values for {dout}x{din}", w.len()))?;
+        check(w.len() == din * dout, || {
+            format!("linear weights: {} values for {dout}x{din}", w.len())
+        })?;
         if let Some(b) = bias {
-            check(b.len() == dout, || format!("linear bias: {} values for {dout} outputs", b.len()))?;
+            check(b.len() == dout, || {
+                format!("linear bias: {} values for {dout} outputs", b.len())
+            })?;
         }
         // [dout][din] is already the GEMM's [cout][K] layout.
-        let weight = Self::wrap(vec![dout, din], CudaStorage::Bf16(DevBuf::from_host(self.d(), &to_bf16(w))?));
+        let weight = Self::wrap(
+            vec![dout, din],
+            CudaStorage::Bf16(DevBuf::from_host(self.d(), &to_bf16(w))?),
+        );
         let bias = bias.map(|b| self.upload_f32(vec![b.len()], b)).transpose()?;
         Ok(Linear {
             din,
@@ -374,7 +416,9 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_norm(&self, groups: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Result<Norm> {
-        check(gamma.len() == beta.len(), || format!("norm: {} gammas, {} betas", gamma.len(), beta.len()))?;
+        check(gamma.len() == beta.len(), || {
+            format!("norm: {} gammas, {} betas", gamma.len(), beta.len())
+        })?;
         Ok(Norm {
             channels: gamma.len(),
             groups,
@@ -388,7 +432,14 @@ impl Backend for CudaBackend {
         self.conv_common(x, conv, residual, None)
     }
 
-    fn norm_conv2d(&self, x: &Tensor, norm: &Norm, silu: bool, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn norm_conv2d(
+        &self,
+        x: &Tensor,
+        norm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let stats = self.group_stats(x, norm)?;
         let p = Prologue {
             stats: &stats,
@@ -405,24 +456,44 @@ impl Backend for CudaBackend {
             format!("conv2d_members: batch {nb} is not a multiple of {members} members")
         })?;
         let spec = convs[0].spec;
-        check(convs.iter().all(|cv| cv.spec == spec), || "conv2d_members: members differ in shape".into())?;
-        check(c == spec.cin, || format!("conv2d_members: input {:?} for {spec:?}", x.shape()))?;
+        check(convs.iter().all(|cv| cv.spec == spec), || {
+            "conv2d_members: members differ in shape".into()
+        })?;
+        check(c == spec.cin, || {
+            format!("conv2d_members: input {:?} for {spec:?}", x.shape())
+        })?;
         // Stack the members' weights [m][cout][K] and biases [m][cout] (absent bias = zeros).
         let per_w = spec.cout * spec.kernel * spec.kernel * spec.cin;
         let mut wall = self.alloc_bf16(members * per_w)?;
         let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
         let any_bias = convs.iter().any(|cv| cv.bias.is_some());
         for (m, cv) in convs.iter().enumerate() {
-            self.copy(self.bf16(&cv.weight)?.ptr(), wall.ptr_mut().add(m * per_w), per_w)?;
+            self.copy(self.bf16(&cv.weight)?.ptr(), wall.ptr_mut().offset(m * per_w), per_w)?;
             if let Some(b) = &cv.bias {
-                k::copy_f32(self.d(), ew_cfg(spec.cout), self.f32(b)?.ptr(), ball.ptr_mut().add(m * spec.cout), spec.cout as i64)?;
+                k::copy_f32(
+                    self.d(),
+                    ew_cfg(spec.cout),
+                    self.f32(b)?.ptr(),
+                    ball.ptr_mut().offset(m * spec.cout),
+                    spec.cout as i64,
+                )?;
             }
         }
         let (ho, wo) = spec.out_hw(h, w);
         let mut y = self.alloc_bf16(nb * ho * wo * spec.cout)?;
         let g = geom(nb, h, w, ho, wo, &spec);
         let bias = if any_bias { ball.ptr() } else { DevPtr::null() };
-        self.conv_launch(self.bf16(x)?.ptr(), wall.ptr(), bias, DevPtr::null(), &mut y, &g, members, None, Activation::None)?;
+        self.conv_launch(
+            self.bf16(x)?.ptr(),
+            wall.ptr(),
+            bias,
+            DevPtr::null(),
+            &mut y,
+            &g,
+            members,
+            None,
+            Activation::None,
+        )?;
         Ok(Self::wrap(vec![nb, ho, wo, spec.cout], CudaStorage::Bf16(y)))
     }
 
@@ -452,7 +523,9 @@ impl Backend for CudaBackend {
 
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
         let d = *x.shape().last().unwrap_or(&0);
-        check(d == norm.channels && d > 0, || format!("layer_norm: input {:?} for dim {}", x.shape(), norm.channels))?;
+        check(d == norm.channels && d > 0, || {
+            format!("layer_norm: input {:?} for dim {}", x.shape(), norm.channels)
+        })?;
         let rows = x.numel() / d;
         let mut y = self.alloc_bf16(x.numel())?;
         if rows > 0 {
@@ -473,13 +546,17 @@ impl Backend for CudaBackend {
     fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
         let shape = x.shape();
         let din = *shape.last().unwrap_or(&0);
-        check(din == lin.din && din > 0, || format!("linear: input {shape:?} for din {}", lin.din))?;
+        check(din == lin.din && din > 0, || {
+            format!("linear: input {shape:?} for din {}", lin.din)
+        })?;
         let rows = x.numel() / din;
         let mut oshape = shape.to_vec();
         *oshape.last_mut().unwrap() = lin.dout;
         let res = match residual {
             Some(r) => {
-                check(r.shape() == oshape.as_slice(), || format!("linear: residual {:?} for {oshape:?}", r.shape()))?;
+                check(r.shape() == oshape.as_slice(), || {
+                    format!("linear: residual {:?} for {oshape:?}", r.shape())
+                })?;
                 self.bf16(r)?.ptr()
             }
             None => DevPtr::null(),
@@ -502,7 +579,17 @@ impl Backend for CudaBackend {
             stride: 1,
             pad: 0,
         };
-        self.conv_launch(self.bf16(x)?.ptr(), self.bf16(&lin.weight)?.ptr(), bias, res, &mut y, &g, 1, None, act)?;
+        self.conv_launch(
+            self.bf16(x)?.ptr(),
+            self.bf16(&lin.weight)?.ptr(),
+            bias,
+            res,
+            &mut y,
+            &g,
+            1,
+            None,
+            act,
+        )?;
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
     }
 
@@ -510,17 +597,33 @@ impl Backend for CudaBackend {
         let n = x.numel();
         let mut y = self.alloc_bf16(n)?;
         if n > 0 {
-            k::activation_bf16(self.d(), ew_cfg(n), self.bf16(x)?.ptr(), y.ptr_mut(), n as i64, act_code(act))?;
+            k::activation_bf16(
+                self.d(),
+                ew_cfg(n),
+                self.bf16(x)?.ptr(),
+                y.ptr_mut(),
+                n as i64,
+                act_code(act),
+            )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        check(a.shape() == b.shape(), || format!("add: shapes {:?} and {:?}", a.shape(), b.shape()))?;
+        check(a.shape() == b.shape(), || {
+            format!("add: shapes {:?} and {:?}", a.shape(), b.shape())
+        })?;
         let n = a.numel();
         let mut y = self.alloc_bf16(n)?;
         if n > 0 {
-            k::add_bf16(self.d(), ew_cfg(n), self.bf16(a)?.ptr(), self.bf16(b)?.ptr(), y.ptr_mut(), n as i64)?;
+            k::add_bf16(
+                self.d(),
+                ew_cfg(n),
+                self.bf16(a)?.ptr(),
+                self.bf16(b)?.ptr(),
+                y.ptr_mut(),
+                n as i64,
+            )?;
         }
         Ok(Self::wrap(a.shape().to_vec(), CudaStorage::Bf16(y)))
     }
@@ -528,7 +631,9 @@ impl Backend for CudaBackend {
     fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let n = x.shape().first().copied().unwrap_or(0);
         let c = *x.shape().last().unwrap_or(&0);
-        check(v.shape() == [n, c], || format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape()))?;
+        check(v.shape() == [n, c], || {
+            format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape())
+        })?;
         let total = x.numel();
         let mut y = self.alloc_bf16(total)?;
         if total > 0 {
@@ -548,12 +653,17 @@ impl Backend for CudaBackend {
 
     fn attention(&self, q: &Tensor, k_: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
         let (qs, ks) = (q.shape(), k_.shape());
-        check(qs.len() == 3 && ks.len() == 3 && ks == v.shape() && qs[0] == ks[0] && qs[2] == ks[2], || {
-            format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape())
+        check(
+            qs.len() == 3 && ks.len() == 3 && ks == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
+            || format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape()),
+        )?;
+        check(heads > 0 && qs[2] % heads == 0, || {
+            format!("attention: dim {} not divisible by {heads} heads", qs[2])
         })?;
-        check(heads > 0 && qs[2] % heads == 0, || format!("attention: dim {} not divisible by {heads} heads", qs[2]))?;
         let dh = qs[2] / heads;
-        check(dh <= ATTENTION_MAX_DH, || format!("attention: head dim {dh} > {ATTENTION_MAX_DH}"))?;
+        check(dh <= ATTENTION_MAX_DH, || {
+            format!("attention: head dim {dh} > {ATTENTION_MAX_DH}")
+        })?;
         check(ks[1] > 0 || qs[1] == 0, || "attention: no keys".into())?;
         let (n, lq, lk) = (qs[0], qs[1], ks[1]);
         let mut y = self.alloc_bf16(q.numel())?;
@@ -583,7 +693,16 @@ impl Backend for CudaBackend {
         let mut y = self.alloc_bf16(total)?;
         if total > 0 {
             i32_of(total, "tensor size")?;
-            k::upsample_nearest2x_bf16(self.d(), ew_cfg(total), self.bf16(x)?.ptr(), y.ptr_mut(), n as i32, h as i32, w as i32, c as i32)?;
+            k::upsample_nearest2x_bf16(
+                self.d(),
+                ew_cfg(total),
+                self.bf16(x)?.ptr(),
+                y.ptr_mut(),
+                n as i32,
+                h as i32,
+                w as i32,
+                c as i32,
+            )?;
         }
         Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
     }
@@ -593,7 +712,16 @@ impl Backend for CudaBackend {
         let total = n * (h / 2) * (w / 2) * c;
         let mut y = self.alloc_bf16(total)?;
         if total > 0 {
-            k::avg_pool2x_bf16(self.d(), ew_cfg(total), self.bf16(x)?.ptr(), y.ptr_mut(), n as i32, h as i32, w as i32, c as i32)?;
+            k::avg_pool2x_bf16(
+                self.d(),
+                ew_cfg(total),
+                self.bf16(x)?.ptr(),
+                y.ptr_mut(),
+                n as i32,
+                h as i32,
+                w as i32,
+                c as i32,
+            )?;
         }
         Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
     }
@@ -601,7 +729,9 @@ impl Backend for CudaBackend {
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, h, w, ca) = a.nhwc();
         let (n2, h2, w2, cb) = b.nhwc();
-        check((n, h, w) == (n2, h2, w2), || format!("concat_channels: {:?} and {:?}", a.shape(), b.shape()))?;
+        check((n, h, w) == (n2, h2, w2), || {
+            format!("concat_channels: {:?} and {:?}", a.shape(), b.shape())
+        })?;
         let pixels = n * h * w;
         let mut y = self.alloc_bf16(pixels * (ca + cb))?;
         if pixels * (ca + cb) > 0 {
@@ -622,10 +752,12 @@ impl Backend for CudaBackend {
     fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let shape = x.shape();
         let n = shape.first().copied().unwrap_or(0);
-        check(start + len <= n, || format!("slice_batch: rows {start}..{} of {shape:?}", start + len))?;
-        let per = if n == 0 { 0 } else { x.numel() / n };
+        check(start + len <= n, || {
+            format!("slice_batch: rows {start}..{} of {shape:?}", start + len)
+        })?;
+        let per = x.numel().checked_div(n).unwrap_or(0);
         let mut y = self.alloc_bf16(len * per)?;
-        self.copy(self.bf16(x)?.ptr().add(start * per), y.ptr_mut(), len * per)?;
+        self.copy(self.bf16(x)?.ptr().offset(start * per), y.ptr_mut(), len * per)?;
         let mut oshape = shape.to_vec();
         oshape[0] = len;
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
@@ -634,14 +766,20 @@ impl Backend for CudaBackend {
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
         check(!parts.is_empty(), || "concat_batch: no tensors".into())?;
         let rest = &parts[0].shape()[1..];
-        check(parts.iter().all(|p| !p.shape().is_empty() && &p.shape()[1..] == rest), || {
-            format!("concat_batch: shapes {:?}", parts.iter().map(|p| p.shape().to_vec()).collect::<Vec<_>>())
-        })?;
+        check(
+            parts.iter().all(|p| !p.shape().is_empty() && &p.shape()[1..] == rest),
+            || {
+                format!(
+                    "concat_batch: shapes {:?}",
+                    parts.iter().map(|p| p.shape().to_vec()).collect::<Vec<_>>()
+                )
+            },
+        )?;
         let total: usize = parts.iter().map(|p| p.numel()).sum();
         let mut y = self.alloc_bf16(total)?;
         let mut off = 0;
         for p in parts {
-            self.copy(self.bf16(p)?.ptr(), y.ptr_mut().add(off), p.numel())?;
+            self.copy(self.bf16(p)?.ptr(), y.ptr_mut().offset(off), p.numel())?;
             off += p.numel();
         }
         let mut oshape = parts[0].shape().to_vec();

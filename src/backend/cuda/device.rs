@@ -170,7 +170,7 @@ impl<T> DevPtr<T> {
         }
     }
     /// `self + elems` elements.
-    pub fn add(self, elems: usize) -> Self {
+    pub fn offset(self, elems: usize) -> Self {
         DevPtr {
             addr: self.addr + (elems * std::mem::size_of::<T>()) as u64,
             _t: PhantomData,
@@ -201,7 +201,7 @@ impl<T> DevPtrMut<T> {
             _t: PhantomData,
         }
     }
-    pub fn add(self, elems: usize) -> Self {
+    pub fn offset(self, elems: usize) -> Self {
         DevPtrMut {
             addr: self.addr + (elems * std::mem::size_of::<T>()) as u64,
             _t: PhantomData,
@@ -277,7 +277,12 @@ pub fn check_args(kernel: &KernelDef, args: &[KernelArg]) -> Result<()> {
     if kernel.nparams != args.len() {
         return Err(crate::error::Error::Backend {
             backend: "cuda".into(),
-            msg: format!("kernel `{}` takes {} parameters, got {}", kernel.name, kernel.nparams, args.len()),
+            msg: format!(
+                "kernel `{}` takes {} parameters, got {}",
+                kernel.name,
+                kernel.nparams,
+                args.len()
+            ),
         });
     }
     Ok(())

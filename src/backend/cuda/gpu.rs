@@ -116,8 +116,7 @@ impl GpuDevice {
         }
         let module = modules[kernel.module].as_ref().unwrap().0;
         let name = CString::new(kernel.name).expect("kernel names have no NUL");
-        let f = unsafe { cu::module::get_function(module, name) }
-            .map_err(drv(&format!("kernel `{}`", kernel.name)))?;
+        let f = unsafe { cu::module::get_function(module, name) }.map_err(drv(&format!("kernel `{}`", kernel.name)))?;
         let f = Func(f);
         self.functions.lock().unwrap().insert(kernel.name, f);
         Ok(f)
@@ -163,7 +162,9 @@ impl Device for GpuDevice {
     }
     fn download(&self, src: &RawBuf, offset: usize, dst: &mut [u8]) -> Result<()> {
         if offset + dst.len() > src.bytes() {
-            return Err(drv("download")(cu::DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE)));
+            return Err(drv("download")(cu::DriverError(
+                sys::CUresult::CUDA_ERROR_INVALID_VALUE,
+            )));
         }
         self.bind()?;
         unsafe { cu::memcpy_dtoh_async(dst, src.addr() + offset as u64, self.stream.cu_stream()) }
@@ -187,8 +188,17 @@ impl Device for GpuDevice {
         let mut vals = args.to_vec();
         let mut ptrs: Vec<*mut std::ffi::c_void> = vals.iter_mut().map(|a| a.as_void_ptr()).collect();
         // Parameter values are copied by the driver during the call.
-        unsafe { cu::launch_kernel(f.0, cfg.grid, cfg.block, cfg.smem_bytes, self.stream.cu_stream(), &mut ptrs) }
-            .map_err(drv(&format!("launching `{}`", kernel.name)))
+        unsafe {
+            cu::launch_kernel(
+                f.0,
+                cfg.grid,
+                cfg.block,
+                cfg.smem_bytes,
+                self.stream.cu_stream(),
+                &mut ptrs,
+            )
+        }
+        .map_err(drv(&format!("launching `{}`", kernel.name)))
     }
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
@@ -260,6 +270,9 @@ fn compile_at_runtime(module: &str, source: &str, arch: &str) -> Result<String> 
         name: Some(format!("{module}.cu")),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| fail(format!("NVRTC: {e:?}")))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => fail(format!("NVRTC: {}", log.to_string_lossy())),
+        other => fail(format!("NVRTC: {other:?}")),
+    })?;
     Ok(ptx.to_src())
 }

@@ -3,10 +3,8 @@
 
 #![allow(clippy::all)]
 
+#[allow(unused_imports)]
 use super::device::{Bf16, DevPtr, DevPtrMut, Device, EmuFn, KernelArg, KernelDef, LaunchCfg, ModuleDef, F16};
 use crate::error::Result;
-
-#[allow(unused_imports)]
-use {Bf16 as _, F16 as _};
 
 include!(concat!(env!("OUT_DIR"), "/launchers.rs"));

@@ -44,13 +44,18 @@ pub fn select_backend(spec: &str) -> Result<(Arc<dyn Backend>, String)> {
 }
 
 fn bad_spec(spec: &str) -> Error {
-    Error::arg(format!("unknown device `{spec}`: expected auto, cpu, cuda, cuda:N or emu"))
+    Error::arg(format!(
+        "unknown device `{spec}`: expected auto, cpu, cuda, cuda:N or emu"
+    ))
 }
 
 #[cfg(feature = "emu")]
 fn emu_backend() -> Result<(Arc<dyn Backend>, String)> {
     let b = CudaBackend::new(Arc::new(super::emu::EmuDevice::new()));
-    Ok((Arc::new(b), "device: emu (CUDA kernels emulated on the host; slow, for tests)".into()))
+    Ok((
+        Arc::new(b),
+        "device: emu (CUDA kernels emulated on the host; slow, for tests)".into(),
+    ))
 }
 
 #[cfg(not(feature = "emu"))]
