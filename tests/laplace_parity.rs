@@ -17,7 +17,8 @@ use uqengine::backend::cpu::CpuBackend;
 use uqengine::io::images_in::{class_labels, list_images, load_training_image};
 use uqengine::io::npy::nchw_to_nhwc;
 use uqengine::laplace::{
-    fit, fit_draws, fit_with_inputs, FitInputs, FitOptions, FitSet, Hessian, Posterior, PosteriorParts,
+    fit, fit_draws, fit_with_inputs, FitInputs, FitOptions, FitSet, Hessian, Posterior,
+    PosteriorParts,
 };
 use uqengine::models::unet::UNet;
 use uqengine::sampler::SchedulerConfig;
@@ -43,9 +44,15 @@ fn case(name: &str) -> Case {
         x0: nchw_to_nhwc(&x0.to_f32(), n, c, h, w),
         t: npy(&format!("laplace/{name}/t.npy")).to_usize(),
         eps: nchw_to_nhwc(&eps, n, c, h, w),
-        class: class_file.exists().then(|| npy(&format!("laplace/{name}/class.npy")).to_usize()),
+        class: class_file
+            .exists()
+            .then(|| npy(&format!("laplace/{name}/class.npy")).to_usize()),
     };
-    Case { unet, sched, inputs }
+    Case {
+        unet,
+        sched,
+        inputs,
+    }
 }
 
 fn options(c: &Case, hessian: Hessian) -> FitOptions {
@@ -59,7 +66,15 @@ fn options(c: &Case, hessian: Hessian) -> FitOptions {
 
 fn fit_case(c: &Case, opts: &FitOptions) -> Posterior {
     let b = CpuBackend::new();
-    fit_with_inputs(&b, &c.unet, &c.sched.alphas_cumprod(), &c.inputs, opts, &mut |_, _| {}).unwrap()
+    fit_with_inputs(
+        &b,
+        &c.unet,
+        &c.sched.alphas_cumprod(),
+        &c.inputs,
+        opts,
+        &mut |_, _| {},
+    )
+    .unwrap()
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
@@ -70,20 +85,25 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 fn assert_rel_max(what: &str, got: &[f32], want: &[f32]) {
     let scale = common::max_abs(want);
     let err = common::max_abs_diff(got, want);
-    println!("{what}: max abs err {err:.3e}, {:.3e} of max |ref| {scale:.3e}", err / scale);
-    assert!(err <= 1e-4 * scale, "{what}: max abs err {err} > 1e-4 x {scale}");
+    println!(
+        "{what}: max abs err {err:.3e}, {:.3e} of max |ref| {scale:.3e}",
+        err / scale
+    );
+    assert!(
+        err <= 1e-4 * scale,
+        "{what}: max abs err {err} > 1e-4 x {scale}"
+    );
 }
 
-/// A fresh empty folder under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("uqengine-laplace-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh empty folder, removed when dropped.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 31 + y * 17 + seed * 57) % 256) as u8]));
+    let img = image::GrayImage::from_fn(w, h, |x, y| {
+        image::Luma([((x * 31 + y * 17 + seed * 57) % 256) as u8])
+    });
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     img.save(path).unwrap();
 }
@@ -112,7 +132,11 @@ fn ef_diag_uses_only_the_channels_in_the_loss() {
     };
     let post = fit_case(&c, &opts);
     let want = npy(&format!("laplace/{name}/ef_diag_loss2.npy")).to_f32();
-    assert_rel_max("cifar ef-diag, 2 channels in loss", &to_f32(post.curvature()), &want);
+    assert_rel_max(
+        "cifar ef-diag, 2 channels in loss",
+        &to_f32(post.curvature()),
+        &want,
+    );
 }
 
 #[test]
@@ -124,13 +148,21 @@ fn ggn_kron_factor_matches_explicit_gauss_newton() {
         let dt = t0.elapsed().as_secs_f64() / c.inputs.len() as f64;
         println!("{name}: ggn-kron fit {:.2} ms per image", dt * 1e3);
         let want = npy(&format!("laplace/{name}/ggn_a.npy")).to_f32();
-        assert_rel_max(&format!("{name} ggn-kron A"), &to_f32(post.curvature()), &want);
+        assert_rel_max(
+            &format!("{name} ggn-kron A"),
+            &to_f32(post.curvature()),
+            &want,
+        );
 
         // diag(I ⊗ A) / sigma^2 + prior, in weights-then-bias order, against diag(GN).
         let (prior, sigma) = (3.0, 2.0);
         let post = post.with_hyperparameters(prior, sigma).unwrap();
         let gn_diag = npy(&format!("laplace/{name}/ggn_diag.npy")).to_f32();
-        let got: Vec<f32> = post.precision_diag().iter().map(|&p| ((p - prior) * sigma * sigma) as f32).collect();
+        let got: Vec<f32> = post
+            .precision_diag()
+            .iter()
+            .map(|&p| ((p - prior) * sigma * sigma) as f32)
+            .collect();
         assert_rel_max(&format!("{name} ggn-kron diagonal"), &got, &gn_diag);
     }
 }
@@ -154,10 +186,20 @@ fn ef_diag_precision_is_curvature_over_sigma_squared_plus_prior() {
 
 #[test]
 fn posterior_file_round_trips() {
-    let dir = temp_dir("roundtrip");
-    for (name, hessian) in [("gray_cond_multihead_f16", Hessian::EfDiag), ("cifar_like_old_names_f32", Hessian::GgnKron)] {
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
+    for (name, hessian) in [
+        ("gray_cond_multihead_f16", Hessian::EfDiag),
+        ("cifar_like_old_names_f32", Hessian::GgnKron),
+    ] {
         let c = case(name);
-        let post = fit_case(&c, &FitOptions { seed: 17, ..options(&c, hessian) });
+        let post = fit_case(
+            &c,
+            &FitOptions {
+                seed: 17,
+                ..options(&c, hessian)
+            },
+        );
         let path = dir.join(format!("{name}.safetensors"));
         post.save(&path).unwrap();
         let back = Posterior::load(&path).unwrap();
@@ -168,32 +210,39 @@ fn posterior_file_round_trips() {
         assert_eq!(back.draw(5, 2), post.draw(5, 2));
         back.check_model(&c.unet).unwrap();
         // No temporary file left behind by the atomic write.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), if hessian == Hessian::EfDiag { 1 } else { 2 });
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            if hessian == Hessian::EfDiag { 1 } else { 2 }
+        );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn posterior_of_another_model_is_rejected_naming_both_fingerprints_and_the_file() {
-    let dir = temp_dir("wrong_model");
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
     let gray = case("gray_cond_multihead_f16");
     let cifar = case("cifar_like_old_names_f32");
     let path = dir.join("gray.safetensors");
-    fit_case(&gray, &options(&gray, Hessian::EfDiag)).save(&path).unwrap();
+    fit_case(&gray, &options(&gray, Hessian::EfDiag))
+        .save(&path)
+        .unwrap();
     let post = Posterior::load(&path).unwrap();
     let err = post.check_model(&cifar.unet).unwrap_err().to_string();
     assert!(err.contains(gray.unet.fingerprint()), "{err}");
     assert!(err.contains(cifar.unet.fingerprint()), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn damaged_posterior_files_give_errors_naming_the_file() {
-    let dir = temp_dir("damaged");
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
     let c = case("gray_cond_multihead_f16");
     let good = dir.join("good.safetensors");
-    fit_case(&c, &options(&c, Hessian::EfDiag)).save(&good).unwrap();
+    fit_case(&c, &options(&c, Hessian::EfDiag))
+        .save(&good)
+        .unwrap();
     let bytes = std::fs::read(&good).unwrap();
 
     let truncated = dir.join("truncated.safetensors");
@@ -204,12 +253,14 @@ fn damaged_posterior_files_give_errors_naming_the_file() {
     // A safetensors file without posterior metadata (the model weights themselves).
     let weights = fixture("unet/gray_cond_multihead_f16/model/diffusion_pytorch_model.safetensors");
     let e = Posterior::load(&weights).unwrap_err().to_string();
-    assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("format"), "{e}");
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors") && e.contains("format"),
+        "{e}"
+    );
 
     let missing = dir.join("missing.safetensors");
     let e = Posterior::load(&missing).unwrap_err().to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -218,7 +269,12 @@ fn ef_diag_draws_have_map_mean_and_inverse_precision_variance() {
     let post = fit_case(&c, &options(&c, Hessian::EfDiag));
     let draws = 4000;
     let p = post.num_params();
-    let map: Vec<f64> = post.map_weight().iter().chain(post.map_bias()).map(|&v| f64::from(v)).collect();
+    let map: Vec<f64> = post
+        .map_weight()
+        .iter()
+        .chain(post.map_bias())
+        .map(|&v| f64::from(v))
+        .collect();
     let mut sum = vec![0.0f64; p];
     let mut sq = vec![0.0f64; p];
     for m in 0..draws {
@@ -249,9 +305,13 @@ fn ef_diag_draws_have_map_mean_and_inverse_precision_variance() {
 /// Inverse of a small SPD matrix by Gauss-Jordan elimination with partial pivoting.
 fn inverse(m: &[f64], n: usize) -> Vec<f64> {
     let mut a = m.to_vec();
-    let mut inv: Vec<f64> = (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect();
+    let mut inv: Vec<f64> = (0..n * n)
+        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        .collect();
     for col in 0..n {
-        let piv = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs())).unwrap();
+        let piv = (col..n)
+            .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
+            .unwrap();
         for k in 0..n {
             a.swap(col * n + k, piv * n + k);
             inv.swap(col * n + k, piv * n + k);
@@ -280,7 +340,15 @@ fn ggn_kron_draws_have_inverse_precision_covariance() {
     let cols = 10;
     let mut a = vec![0.0f64; cols * cols];
     for p in 0..40 {
-        let v: Vec<f64> = (0..cols).map(|j| if j == cols - 1 { 1.0 } else { ((p * 13 + j * 7) as f64 * 0.7).sin() }).collect();
+        let v: Vec<f64> = (0..cols)
+            .map(|j| {
+                if j == cols - 1 {
+                    1.0
+                } else {
+                    ((p * 13 + j * 7) as f64 * 0.7).sin()
+                }
+            })
+            .collect();
         for i in 0..cols {
             for j in 0..cols {
                 a[i * cols + j] += v[i] * v[j];
@@ -332,7 +400,13 @@ fn ggn_kron_draws_have_inverse_precision_covariance() {
                 (1, 1) if i == j => 1.0 / prior,
                 _ => 0.0,
             };
-            let var = |k: usize| if k < cols { cov[k * cols + k] } else { 1.0 / prior };
+            let var = |k: usize| {
+                if k < cols {
+                    cov[k * cols + k]
+                } else {
+                    1.0 / prior
+                }
+            };
             // Standard error of an empirical covariance of Gaussians: sqrt((s_ii s_jj + s_ij^2) / n).
             let se = ((var(i) * var(j) + want * want) / n).sqrt();
             worst = worst.max((emp - want).abs() / se);
@@ -369,11 +443,30 @@ fn training_images_load_as_the_pil_pipeline_does() {
     ];
     for (rel, atol) in files {
         for ch in [1usize, 3] {
-            let want = npy(&format!("laplace/images/{}.c{ch}.npy", rel.replace('/', "__"))).to_f32();
+            let want = npy(&format!(
+                "laplace/images/{}.c{ch}.npy",
+                rel.replace('/', "__")
+            ))
+            .to_f32();
             let per = 8 * 8 * ch;
             for (k, flip) in [false, true].into_iter().enumerate() {
-                let got = load_training_image(&fixture(&format!("laplace/images/{rel}")), 8, ch, flip).unwrap();
-                assert_close(&format!("{rel} c{ch} flip {flip}"), &got, &want[k * per..(k + 1) * per], atol + 1e-7, 0.0);
+                let got =
+                    load_training_image(&fixture(&format!("laplace/images/{rel}")), 8, ch, flip)
+                        .unwrap();
+                if atol > 0.0 {
+                    let err = common::max_abs_diff(&got, &want[k * per..(k + 1) * per]);
+                    println!(
+                        "{rel} c{ch} flip {flip}: max abs err {:.1} 8-bit levels",
+                        err * 127.5
+                    );
+                }
+                assert_close(
+                    &format!("{rel} c{ch} flip {flip}"),
+                    &got,
+                    &want[k * per..(k + 1) * per],
+                    atol + 1e-7,
+                    0.0,
+                );
             }
         }
     }
@@ -387,35 +480,57 @@ fn image_folders_are_listed_recursively_and_sorted() {
         .iter()
         .map(|p| p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(got, ["gray_w10_h9.png", "nested/rgba_w8_h8.png", "rgb_w11_h13.png", "smooth_w12_h12.jpg"]);
+    assert_eq!(
+        got,
+        [
+            "gray_w10_h9.png",
+            "nested/rgba_w8_h8.png",
+            "rgb_w11_h13.png",
+            "smooth_w12_h12.jpg"
+        ]
+    );
 }
 
 #[test]
 fn empty_or_missing_image_folders_are_errors_naming_them() {
-    let dir = temp_dir("empty");
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
     let e = list_images(&dir).unwrap_err().to_string();
-    assert!(e.contains(&dir.display().to_string()) && e.contains("no training images"), "{e}");
+    assert!(
+        e.contains(&dir.display().to_string()) && e.contains("no training images"),
+        "{e}"
+    );
     let missing = dir.join("absent");
     let e = list_images(&missing).unwrap_err().to_string();
     assert!(e.contains(&missing.display().to_string()), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn an_image_smaller_than_the_model_is_an_error_naming_file_and_sizes() {
-    let dir = temp_dir("small");
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
     let path = dir.join("small.png");
     write_png(&path, 12, 7, 0);
-    let e = load_training_image(&path, 8, 1, false).unwrap_err().to_string();
-    assert!(e.contains("small.png") && e.contains("12x7") && e.contains("8x8"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    let e = load_training_image(&path, 8, 1, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("small.png") && e.contains("12x7") && e.contains("8x8"),
+        "{e}"
+    );
 }
 
 #[test]
 fn class_labels_come_from_subfolders() {
-    let dir = temp_dir("classes");
-    for (sub, file) in [("cat", "a.png"), ("dog", "b.png"), ("cat", "c.png"), ("ant", "d.png")] {
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
+    for (sub, file) in [
+        ("cat", "a.png"),
+        ("dog", "b.png"),
+        ("cat", "c.png"),
+        ("ant", "d.png"),
+    ] {
         write_png(&dir.join(sub).join(file), 8, 8, 0);
     }
     let paths = list_images(&dir).unwrap();
@@ -426,14 +541,19 @@ fn class_labels_come_from_subfolders() {
     let paths = list_images(&dir).unwrap();
     let e = class_labels(&dir, &paths).unwrap_err().to_string();
     assert!(e.contains("loose.png"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn fit_from_a_folder_does_not_depend_on_the_batch_size() {
-    let dir = temp_dir("folder_fit");
+    let tmp = temp_dir();
+    let dir = tmp.path().to_path_buf();
     for i in 0..5u32 {
-        write_png(&dir.join(format!("{}", i % 3)).join(format!("img{i}.png")), 10 + i, 9 + i, i);
+        write_png(
+            &dir.join(format!("{}", i % 3)).join(format!("img{i}.png")),
+            10 + i,
+            9 + i,
+            i,
+        );
     }
     let c = case("gray_cond_multihead_f16");
     let set = FitSet::from_folder(&dir, c.unet.config.num_class_embeds).unwrap();
@@ -449,7 +569,10 @@ fn fit_from_a_folder_does_not_depend_on_the_batch_size() {
                 ..options(&c, hessian)
             };
             let mut calls = Vec::new();
-            let post = fit(&b, &c.unet, &abar, &set, &opts, &mut |done, total| calls.push((done, total))).unwrap();
+            let post = fit(&b, &c.unet, &abar, &set, &opts, &mut |done, total| {
+                calls.push((done, total))
+            })
+            .unwrap();
             (post, calls)
         };
         let (one, calls) = run(1, None);
@@ -457,8 +580,12 @@ fn fit_from_a_folder_does_not_depend_on_the_batch_size() {
         let (three, calls) = run(3, None);
         assert_eq!(calls, [(3, 5), (5, 5)]);
         assert_eq!(one.num_images(), 5);
-        let want = to_f32(one.curvature());
-        assert_close(&format!("{hessian} batch 3 vs 1"), &to_f32(three.curvature()), &want, 0.0, 1e-5);
+        // The trunk's own float rounding may depend on the batch; the draws and images do not.
+        assert_rel_max(
+            &format!("{hessian} batch 3 vs 1"),
+            &to_f32(three.curvature()),
+            &to_f32(one.curvature()),
+        );
         let (sub, _) = run(2, Some(2));
         assert_eq!(sub.num_images(), 2);
     }
@@ -467,7 +594,6 @@ fn fit_from_a_folder_does_not_depend_on_the_batch_size() {
     assert_eq!(fit_draws(99, 3, 1000, 64), (t, eps.clone(), flip));
     assert_ne!(fit_draws(99, 4, 1000, 64).1, eps);
     assert!(t < 1000);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -477,17 +603,45 @@ fn bad_fit_inputs_and_options_are_errors() {
     let abar = c.sched.alphas_cumprod();
     let mut no_class = c.inputs.clone();
     no_class.class = None;
-    let e = fit_with_inputs(&b, &c.unet, &abar, &no_class, &options(&c, Hessian::EfDiag), &mut |_, _| {}).unwrap_err();
+    let e = fit_with_inputs(
+        &b,
+        &c.unet,
+        &abar,
+        &no_class,
+        &options(&c, Hessian::EfDiag),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("class"), "{e}");
     let mut late = c.inputs.clone();
     late.t[0] = abar.len();
-    let e = fit_with_inputs(&b, &c.unet, &abar, &late, &options(&c, Hessian::EfDiag), &mut |_, _| {}).unwrap_err();
+    let e = fit_with_inputs(
+        &b,
+        &c.unet,
+        &abar,
+        &late,
+        &options(&c, Hessian::EfDiag),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("timestep"), "{e}");
     for opts in [
-        FitOptions { prior_precision: 0.0, ..options(&c, Hessian::EfDiag) },
-        FitOptions { sigma_noise: -1.0, ..options(&c, Hessian::EfDiag) },
-        FitOptions { out_channels_in_loss: Some(2), ..options(&c, Hessian::EfDiag) },
-        FitOptions { batch: 0, ..options(&c, Hessian::EfDiag) },
+        FitOptions {
+            prior_precision: 0.0,
+            ..options(&c, Hessian::EfDiag)
+        },
+        FitOptions {
+            sigma_noise: -1.0,
+            ..options(&c, Hessian::EfDiag)
+        },
+        FitOptions {
+            out_channels_in_loss: Some(2),
+            ..options(&c, Hessian::EfDiag)
+        },
+        FitOptions {
+            batch: 0,
+            ..options(&c, Hessian::EfDiag)
+        },
     ] {
         assert!(fit_with_inputs(&b, &c.unet, &abar, &c.inputs, &opts, &mut |_, _| {}).is_err());
     }
@@ -510,15 +664,32 @@ fn fit_time_per_image_on_a_real_model() {
     let n = 8;
     let per = cfg.sample_size * cfg.sample_size * cfg.in_channels;
     let inputs = FitInputs {
-        x0: (0..n * per).map(|i| ((i * 7919 % 200) as f32 / 100.0) - 1.0).collect(),
+        x0: (0..n * per)
+            .map(|i| ((i * 7919 % 200) as f32 / 100.0) - 1.0)
+            .collect(),
         t: (0..n).map(|i| i * 997 % 1000).collect(),
         eps: (0..n).flat_map(|i| fit_draws(1, i, 1000, per).1).collect(),
-        class: cfg.num_class_embeds.map(|k| (0..n).map(|i| i % k).collect()),
+        class: cfg
+            .num_class_embeds
+            .map(|k| (0..n).map(|i| i % k).collect()),
     };
     for hessian in [Hessian::EfDiag, Hessian::GgnKron] {
-        let opts = FitOptions { hessian, batch: 4, prediction: sched.prediction_type, ..FitOptions::default() };
+        let opts = FitOptions {
+            hessian,
+            batch: 4,
+            prediction: sched.prediction_type,
+            ..FitOptions::default()
+        };
         let t0 = Instant::now();
-        let post = fit_with_inputs(&b, &unet, &sched.alphas_cumprod(), &inputs, &opts, &mut |_, _| {}).unwrap();
+        let post = fit_with_inputs(
+            &b,
+            &unet,
+            &sched.alphas_cumprod(),
+            &inputs,
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
         let fit_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let _ = post.draw(0, 0);
@@ -531,6 +702,9 @@ fn fit_time_per_image_on_a_real_model() {
         );
         let t2 = Instant::now();
         let _ = post.with_hyperparameters(1.0, 1.0).unwrap();
-        println!("{hessian}: re-factoring the precision {:.1} ms", t2.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "{hessian}: re-factoring the precision {:.1} ms",
+            t2.elapsed().as_secs_f64() * 1e3
+        );
     }
 }

@@ -120,10 +120,7 @@ mod tests {
 
     #[test]
     fn digits_and_letters_have_distinct_glyphs() {
-        let chars: Vec<char> = ('0'..='9')
-            .chain('a'..='z')
-            .chain(".-+".chars())
-            .collect();
+        let chars: Vec<char> = ('0'..='9').chain('a'..='z').chain(".-+".chars()).collect();
         for (i, a) in chars.iter().enumerate() {
             for b in &chars[i + 1..] {
                 assert_ne!(glyph(*a), glyph(*b), "{a} and {b}");

@@ -60,7 +60,9 @@ pub fn class_labels(dir: &Path, paths: &[PathBuf]) -> Result<(Vec<usize>, Vec<St
             msg: format!("not inside the training folder {}", dir.display()),
         })?;
         let mut comps = rel.components();
-        let first = comps.next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let first = comps
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
         match (first, comps.next()) {
             (Some(f), Some(_)) => folders.push(f),
             _ => {
@@ -79,10 +81,19 @@ pub fn class_labels(dir: &Path, paths: &[PathBuf]) -> Result<(Vec<usize>, Vec<St
         let names: BTreeSet<usize> = labels.iter().copied().collect();
         return Ok((labels, names.into_iter().map(|n| n.to_string()).collect()));
     }
-    let names: Vec<String> = folders.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let names: Vec<String> = folders
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let labels = folders
         .iter()
-        .map(|f| names.binary_search(f).expect("every folder is among the names"))
+        .map(|f| {
+            names
+                .binary_search(f)
+                .expect("every folder is among the names")
+        })
         .collect();
     Ok((labels, names))
 }
@@ -106,11 +117,18 @@ pub fn center_crop_offset(len: usize, size: usize) -> usize {
 /// resized; see [`center_crop_offset`]); `flip` mirrors it left-right after cropping. Values are
 /// `(v / 255 - 0.5) / 0.5` in f32. An image smaller than `size` in either dimension, an
 /// undecodable file or another channel count is an error naming the file.
-pub fn load_training_image(path: &Path, size: usize, channels: usize, flip: bool) -> Result<Vec<f32>> {
+pub fn load_training_image(
+    path: &Path,
+    size: usize,
+    channels: usize,
+    flip: bool,
+) -> Result<Vec<f32>> {
     if channels != 1 && channels != 3 {
         return Err(Error::Image {
             path: path.to_path_buf(),
-            msg: format!("training images can be loaded for models with 1 or 3 channels, not {channels}"),
+            msg: format!(
+                "training images can be loaded for models with 1 or 3 channels, not {channels}"
+            ),
         });
     }
     let img = image::ImageReader::open(path)

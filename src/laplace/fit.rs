@@ -68,11 +68,16 @@ impl FitInputs {
             )));
         }
         match (&self.class, cfg.num_class_embeds) {
-            (Some(c), Some(_)) if c.len() != n => {
-                Err(Error::arg(format!("fit inputs: {} class labels for {n} images", c.len())))
-            }
-            (None, Some(_)) => Err(Error::arg("fit inputs: the model is class-conditional, class labels are required")),
-            (Some(_), None) => Err(Error::arg("fit inputs: class labels given, but the model is not class-conditional")),
+            (Some(c), Some(_)) if c.len() != n => Err(Error::arg(format!(
+                "fit inputs: {} class labels for {n} images",
+                c.len()
+            ))),
+            (None, Some(_)) => Err(Error::arg(
+                "fit inputs: the model is class-conditional, class labels are required",
+            )),
+            (Some(_), None) => Err(Error::arg(
+                "fit inputs: class labels given, but the model is not class-conditional",
+            )),
             _ => Ok(()),
         }
     }
@@ -132,8 +137,14 @@ pub fn select_images(total: usize, wanted: Option<usize>) -> Vec<usize> {
 /// `t ~ U{0..T-1}` (stream (seed, index, FitTimestep)), `numel` standard normals (NHWC; stream
 /// (seed, index, FitNoise)) and a horizontal flip with probability 1/2 (stream
 /// (seed, index, FitFlip)). They depend on nothing else, so not on the batch size.
-pub fn fit_draws(seed: u64, index: usize, num_train_timesteps: usize, numel: usize) -> (usize, Vec<f32>, bool) {
-    let t = Stream::new(seed, index as u64, Purpose::FitTimestep, 0).below(num_train_timesteps as u32) as usize;
+pub fn fit_draws(
+    seed: u64,
+    index: usize,
+    num_train_timesteps: usize,
+    numel: usize,
+) -> (usize, Vec<f32>, bool) {
+    let t = Stream::new(seed, index as u64, Purpose::FitTimestep, 0)
+        .below(num_train_timesteps as u32) as usize;
     let mut eps = vec![0.0f32; numel];
     Stream::new(seed, index as u64, Purpose::FitNoise, 0).fill_normal(&mut eps);
     let flip = Stream::new(seed, index as u64, Purpose::FitFlip, 0).uniform() <= 0.5;
@@ -164,7 +175,10 @@ pub fn make_fit_inputs(
         x0: Vec::with_capacity(indices.len() * per_image),
         t: Vec::with_capacity(indices.len()),
         eps: Vec::with_capacity(indices.len() * per_image),
-        class: set.classes.as_ref().map(|c| indices.iter().map(|&i| c[i]).collect()),
+        class: set
+            .classes
+            .as_ref()
+            .map(|c| indices.iter().map(|&i| c[i]).collect()),
     };
     for (x0, t, eps) in loaded {
         inputs.x0.extend(x0);
@@ -208,7 +222,9 @@ impl Patches {
     }
     /// Rows per tile, keeping a tile near 4 MiB.
     fn tile_rows(&self) -> usize {
-        ((4 << 20) / (4 * self.cols())).clamp(64, 4096).min(self.positions())
+        ((4 << 20) / (4 * self.cols()))
+            .clamp(64, 4096)
+            .min(self.positions())
     }
     /// Fills `tile` (`rows x cols`) with the patches of positions `p0..p0 + rows` of the image
     /// `a` (`[size, size, cin]`): columns `(kh, kw, ci)` with zero padding, then 1.
@@ -250,7 +266,12 @@ pub struct CurvatureAccumulator {
 
 impl CurvatureAccumulator {
     /// An empty accumulator for the last layer of `unet`.
-    pub fn new(unet: &UNet, hessian: Hessian, channels_in_loss: usize, prediction: PredictionType) -> Result<Self> {
+    pub fn new(
+        unet: &UNet,
+        hessian: Hessian,
+        channels_in_loss: usize,
+        prediction: PredictionType,
+    ) -> Result<Self> {
         let spec = unet.conv_out.spec;
         if spec.stride != 1 || spec.pad_end != 0 || spec.out_hw(1, 1) != (1, 1) {
             return Err(Error::arg(format!(
@@ -285,7 +306,13 @@ impl CurvatureAccumulator {
     }
 
     /// Evaluates the trunk on all of `inputs` at once and adds their curvature.
-    pub fn add(&mut self, b: &dyn Backend, unet: &UNet, alphas_cumprod: &[f64], inputs: &FitInputs) -> Result<()> {
+    pub fn add(
+        &mut self,
+        b: &dyn Backend,
+        unet: &UNet,
+        alphas_cumprod: &[f64],
+        inputs: &FitInputs,
+    ) -> Result<()> {
         inputs.check(unet, alphas_cumprod.len())?;
         let n = inputs.len();
         if n == 0 {
@@ -331,7 +358,8 @@ impl CurvatureAccumulator {
     /// `g_n[co, :] = sum_p r[p, co] patch_p` with `r = 2 (out - target)`, squared into the sums.
     fn add_ef_diag(&mut self, h: &[f32], out: &[f32], target: &[f32], n: usize) {
         let pt = self.patches;
-        let (cols, positions, cl, cout) = (pt.cols(), pt.positions(), self.channels_in_loss, self.cout);
+        let (cols, positions, cl, cout) =
+            (pt.cols(), pt.positions(), self.channels_in_loss, self.cout);
         let (cin_img, c_img) = (positions * pt.cin, target.len() / n / positions);
         let grads: Vec<Vec<f32>> = (0..n)
             .into_par_iter()
@@ -496,7 +524,12 @@ pub fn fit_with_inputs(
     let n = inputs.len();
     for start in (0..n).step_by(opts.batch) {
         let end = (start + opts.batch).min(n);
-        acc.add(b, unet, alphas_cumprod, &inputs.range(start, end, per_image))?;
+        acc.add(
+            b,
+            unet,
+            alphas_cumprod,
+            &inputs.range(start, end, per_image),
+        )?;
         progress(end, n);
     }
     acc.into_posterior(unet, opts)
@@ -569,9 +602,15 @@ mod tests {
         let mut tile = vec![9.0; 4 * pt.cols()];
         pt.fill(&a, 0, 4, &mut tile);
         // Position (0, 0): the 3x3 window centred there.
-        assert_eq!(&tile[..10], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0, 1.0]);
+        assert_eq!(
+            &tile[..10],
+            &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0, 1.0]
+        );
         // Position (1, 1).
-        assert_eq!(&tile[30..40], &[1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(
+            &tile[30..40],
+            &[1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        );
     }
 
     #[test]

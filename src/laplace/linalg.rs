@@ -79,11 +79,14 @@ mod tests {
 
     fn spd(n: usize) -> Vec<f64> {
         // M M^T + n I from a deterministic pseudo-random M.
-        let m: Vec<f64> = (0..n * n).map(|i| (((i * 7919) % 103) as f64 / 51.0) - 1.0).collect();
+        let m: Vec<f64> = (0..n * n)
+            .map(|i| (((i * 7919) % 103) as f64 / 51.0) - 1.0)
+            .collect();
         let mut p = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {
-                p[i * n + j] = (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>() + if i == j { n as f64 } else { 0.0 };
+                p[i * n + j] = (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>()
+                    + if i == j { n as f64 } else { 0.0 };
             }
         }
         p
@@ -114,7 +117,9 @@ mod tests {
         let l = cholesky_lower(&spd(n), n).unwrap();
         let x0: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
         // z = L^T x0
-        let mut z: Vec<f64> = (0..n).map(|i| (0..n).map(|k| l[k * n + i] * x0[k]).sum()).collect();
+        let mut z: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|k| l[k * n + i] * x0[k]).sum())
+            .collect();
         solve_lower_transpose_in_place(&l, n, &mut z);
         for (a, b) in z.iter().zip(&x0) {
             assert!((a - b).abs() < 1e-10);

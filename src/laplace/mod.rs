@@ -34,8 +34,8 @@ mod linalg;
 mod posterior;
 
 pub use fit::{
-    fit, fit_draws, fit_with_inputs, make_fit_inputs, patch_order, select_images, CurvatureAccumulator, FitInputs,
-    FitSet,
+    fit, fit_draws, fit_with_inputs, make_fit_inputs, patch_order, select_images,
+    CurvatureAccumulator, FitInputs, FitSet,
 };
 pub use linalg::{cholesky_lower, solve_lower_transpose_in_place};
 pub use posterior::{Posterior, PosteriorParts, FORMAT, FORMAT_VERSION};
@@ -65,7 +65,9 @@ impl Hessian {
         match s {
             "ef-diag" => Ok(Hessian::EfDiag),
             "ggn-kron" => Ok(Hessian::GgnKron),
-            other => Err(Error::arg(format!("unknown Hessian `{other}` (expected ef-diag or ggn-kron)"))),
+            other => Err(Error::arg(format!(
+                "unknown Hessian `{other}` (expected ef-diag or ggn-kron)"
+            ))),
         }
     }
 }
@@ -118,10 +120,16 @@ impl Default for FitOptions {
 impl FitOptions {
     pub(crate) fn validate(&self, out_channels: usize) -> Result<usize> {
         if !(self.prior_precision.is_finite() && self.prior_precision > 0.0) {
-            return Err(Error::arg(format!("prior precision must be finite and > 0, got {}", self.prior_precision)));
+            return Err(Error::arg(format!(
+                "prior precision must be finite and > 0, got {}",
+                self.prior_precision
+            )));
         }
         if !(self.sigma_noise.is_finite() && self.sigma_noise > 0.0) {
-            return Err(Error::arg(format!("sigma_noise must be finite and > 0, got {}", self.sigma_noise)));
+            return Err(Error::arg(format!(
+                "sigma_noise must be finite and > 0, got {}",
+                self.sigma_noise
+            )));
         }
         if self.batch == 0 {
             return Err(Error::arg("fit batch size must be at least 1"));

@@ -103,15 +103,26 @@ impl Posterior {
             ));
         }
         if parts.channels_in_loss == 0 || parts.channels_in_loss > cout {
-            return fail(format!("{} channels in the loss of {cout}", parts.channels_in_loss));
+            return fail(format!(
+                "{} channels in the loss of {cout}",
+                parts.channels_in_loss
+            ));
         }
         if !(parts.prior_precision.is_finite() && parts.prior_precision > 0.0) {
-            return fail(format!("prior precision {} (must be > 0)", parts.prior_precision));
+            return fail(format!(
+                "prior precision {} (must be > 0)",
+                parts.prior_precision
+            ));
         }
         if !(parts.sigma_noise.is_finite() && parts.sigma_noise > 0.0) {
             return fail(format!("sigma_noise {} (must be > 0)", parts.sigma_noise));
         }
-        if parts.curvature.iter().any(|v| !v.is_finite()) || parts.map_weight.iter().chain(&parts.map_bias).any(|v| !v.is_finite())
+        if parts.curvature.iter().any(|v| !v.is_finite())
+            || parts
+                .map_weight
+                .iter()
+                .chain(&parts.map_bias)
+                .any(|v| !v.is_finite())
         {
             return fail("non-finite values".into());
         }
@@ -134,9 +145,9 @@ impl Posterior {
                 for i in 0..cols {
                     p[i * cols + i] += parts.prior_precision;
                 }
-                Factor::Cholesky(
-                    cholesky_lower(&p, cols).map_err(|e| Error::arg(format!("invalid posterior: ggn-kron precision: {e}")))?,
-                )
+                Factor::Cholesky(cholesky_lower(&p, cols).map_err(|e| {
+                    Error::arg(format!("invalid posterior: ggn-kron precision: {e}"))
+                })?)
             }
         };
         Ok(Posterior {
@@ -208,7 +219,11 @@ impl Posterior {
         let p = &self.parts;
         let scale = 1.0 / (p.sigma_noise * p.sigma_noise);
         match p.hessian {
-            Hessian::EfDiag => p.curvature.iter().map(|&h| h * scale + p.prior_precision).collect(),
+            Hessian::EfDiag => p
+                .curvature
+                .iter()
+                .map(|&h| h * scale + p.prior_precision)
+                .collect(),
             Hessian::GgnKron => {
                 let [cout, cin, k, _] = p.weight_shape;
                 let cols = cin * k * k + 1;
@@ -251,7 +266,10 @@ impl Posterior {
             Factor::Cholesky(l) => {
                 let prior_std = 1.0 / p.prior_precision.sqrt();
                 for co in 0..cout {
-                    let mut x: Vec<f64> = z[co * cols..(co + 1) * cols].iter().map(|&v| f64::from(v)).collect();
+                    let mut x: Vec<f64> = z[co * cols..(co + 1) * cols]
+                        .iter()
+                        .map(|&v| f64::from(v))
+                        .collect();
                     if co < p.channels_in_loss {
                         solve_lower_transpose_in_place(l, cols, &mut x);
                     } else {
@@ -289,7 +307,12 @@ impl Posterior {
         if (spec.cout, spec.cin, spec.kernel) != (cout, cin, k) {
             return Err(Error::arg(format!(
                 "posterior {file}: last layer {:?} does not match the model's {} ({} -> {}, {}x{})",
-                self.parts.weight_shape, self.parts.layer, spec.cin, spec.cout, spec.kernel, spec.kernel
+                self.parts.weight_shape,
+                self.parts.layer,
+                spec.cin,
+                spec.cout,
+                spec.kernel,
+                spec.kernel
             )));
         }
         Ok(())
@@ -308,13 +331,18 @@ impl Posterior {
         let b: &[u8] = bytemuck::cast_slice(&p.map_bias);
         let c: &[u8] = bytemuck::cast_slice(&p.curvature);
         let view = |dtype, shape: Vec<usize>, data| {
-            safetensors::tensor::TensorView::new(dtype, shape, data).map_err(|e| Error::Safetensors {
-                path: path.to_path_buf(),
-                msg: e.to_string(),
+            safetensors::tensor::TensorView::new(dtype, shape, data).map_err(|e| {
+                Error::Safetensors {
+                    path: path.to_path_buf(),
+                    msg: e.to_string(),
+                }
             })
         };
         let tensors = vec![
-            ("map.weight".to_string(), view(Dtype::F32, p.weight_shape.to_vec(), w)?),
+            (
+                "map.weight".to_string(),
+                view(Dtype::F32, p.weight_shape.to_vec(), w)?,
+            ),
             ("map.bias".to_string(), view(Dtype::F32, vec![cout], b)?),
             ("curvature".to_string(), view(Dtype::F64, curv_shape, c)?),
         ];
@@ -334,10 +362,11 @@ impl Posterior {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let bytes =
+            safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         write_atomic(path, &bytes)
     }
 
@@ -364,11 +393,13 @@ impl Posterior {
         };
         let num = |key: &str| -> Result<f64> {
             let v = get(key)?;
-            v.parse::<f64>().map_err(|_| config_err(key, format!("`{v}` is not a number")))
+            v.parse::<f64>()
+                .map_err(|_| config_err(key, format!("`{v}` is not a number")))
         };
         let int = |key: &str| -> Result<u64> {
             let v = get(key)?;
-            v.parse::<u64>().map_err(|_| config_err(key, format!("`{v}` is not a non-negative integer")))
+            v.parse::<u64>()
+                .map_err(|_| config_err(key, format!("`{v}` is not a non-negative integer")))
         };
         let format = get("format")?;
         if format != FORMAT {
@@ -407,7 +438,11 @@ impl Posterior {
             }
             Ok((view.shape().to_vec(), view.data().to_vec()))
         };
-        let f32s = |d: &[u8]| -> Vec<f32> { d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+        let f32s = |d: &[u8]| -> Vec<f32> {
+            d.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
         let (wshape, wdata) = tensor("map.weight", Dtype::F32)?;
         if wshape.len() != 4 || wshape[2] != wshape[3] {
             return Err(Error::ShapeMismatch {
@@ -441,7 +476,10 @@ impl Posterior {
                 got: cshape,
             });
         }
-        let curvature: Vec<f64> = cdata.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let curvature: Vec<f64> = cdata
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         for (key, finite) in [
             ("map.weight", f32s(&wdata).iter().all(|v| v.is_finite())),
             ("map.bias", f32s(&bdata).iter().all(|v| v.is_finite())),

@@ -66,9 +66,20 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], 
     }
 }
 
+/// Bytes of gathered lhs rows per parallel task (`UQENGINE_TILE_BYTES` overrides).
+fn tile_bytes() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("UQENGINE_TILE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20)
+    })
+}
+
 /// Rows per parallel task so that a gathered `[rows, k]` tile stays around 1 MiB (L2-resident).
 pub fn tile_rows(k: usize, total_rows: usize) -> usize {
-    let by_cache = ((1 << 20) / (4 * k.max(1))).clamp(16, 1024);
+    let by_cache = (tile_bytes() / (4 * k.max(1))).clamp(16, 4096);
     // Enough tasks for every thread when there is enough work.
     let threads = rayon::current_num_threads().max(1);
     let by_threads = total_rows.div_ceil(2 * threads).max(16);
