@@ -43,7 +43,7 @@ fn main() {
         }
         i += 1;
     }
-    let b = CpuBackend::new();
+    let b = uqengine::backend::profile::Profiled::new(CpuBackend::new());
     let cfg = UNetConfig::from_file(&config).expect("config");
     let unet = UNet::from_weights(&b, cfg.clone(), &Weights::synthetic(7)).expect("model");
     let (c, s) = (cfg.in_channels, cfg.sample_size);
@@ -71,6 +71,9 @@ fn main() {
         times[0],
         median / batch as f64
     );
+    if std::env::var("UQENGINE_PROFILE").is_ok() {
+        eprint!("{}", b.report());
+    }
     if let Some(p) = json {
         let v = serde_json::json!({
             "engine": "uqengine-cpu",

@@ -4,8 +4,6 @@ Writes:
   features.npy            f32 [B=6, K=6, D=32]   member features, member 0 = MAP
   entropy_sigma2_1e-3.npy f64 [6]                Gaussian entropy, sigma2 = 1e-3 (the default)
   entropy_sigma2_0.25.npy f64 [6]                the same with sigma2 = 0.25
-  entropy_f32_arith.npy   f32 [6]                the formula evaluated in float32 arithmetic (for
-                                                 the record only: shows what f32 accumulation does)
   clip_features.npy       f32 [2, 100, 4]        K = 100 members; in sample 0, dimension 1 the
                                                  f64 one-pass variance is negative (all members
                                                  equal), so the clip at 0 decides the result
@@ -94,7 +92,6 @@ def main():
         np.save(os.path.join(OUT, name), ref)
         print(f"sigma2={sigma2}: entropy {np.array2string(ref, precision=6)}; np.mean formula rel diff {rel:.2e}")
     ent32 = entropy_reference_code(feats, 1e-3).astype(np.float32)
-    np.save(os.path.join(OUT, "entropy_f32_arith.npy"), ent32)
     ref3, raw64 = entropy_f64(feats, 1e-3)
     two_pass = np.var(feats.astype(np.float64), axis=1)
     meta["main"] = {

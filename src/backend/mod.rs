@@ -4,6 +4,7 @@
 //! layout and type its kernels want.
 
 pub mod cpu;
+pub mod profile;
 
 use crate::error::Result;
 use crate::tensor::Tensor;

@@ -48,7 +48,7 @@ pub fn cholesky_lower(p: &[f64], n: usize) -> Result<Vec<f64>> {
         row_j[j] = ljj;
         let row_j = &row_j[..j];
         let update = |row: &mut [f64]| row[j] = (row[j] - dot(&row[..j], row_j)) / ljj;
-        if n - j - 1 >= PARALLEL_MIN_ROWS {
+        if n - j > PARALLEL_MIN_ROWS {
             lower.par_chunks_mut(n).for_each(update);
         } else {
             lower.chunks_mut(n).for_each(update);

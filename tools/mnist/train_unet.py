@@ -97,7 +97,7 @@ def export(ema, log):
     half = copy.deepcopy(ema).half()
     half.save_pretrained(OUT, safe_serialization=True)
     DDIMScheduler(**DDIM).save_pretrained(os.path.join(OUT, "scheduler"))
-    reloaded = UNet2DModel.from_pretrained(OUT).float().eval()
+    reloaded = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10, 1, 32, 32, generator=g)
     t = torch.linspace(0, 999, 10).long()
@@ -151,7 +151,7 @@ def score_samples(images, labels):
 
 
 def sample_and_score(log, n=64):
-    unet = UNet2DModel.from_pretrained(OUT).float().eval()
+    unet = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
     labels = torch.arange(n) % 10
     t0 = time.time()
     imgs = sample(unet, labels)
@@ -164,7 +164,7 @@ def sample_and_score(log, n=64):
 
 def compare_schedules(log, n=100):
     """Evaluation-CNN accuracy of n samples (same noise) under DDIM variants of the shipped one."""
-    unet = UNet2DModel.from_pretrained(OUT).float().eval()
+    unet = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
     labels = torch.arange(n) % 10
     variants = {
         "leading, offset 1, alpha_to_one true (shipped)": {},
