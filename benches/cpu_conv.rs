@@ -3,6 +3,7 @@ use uqengine::backend::cpu::gemm::sgemm;
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::{Backend, ConvSpec};
 fn main() {
+    // Conv throughput of the CPU backend against single-thread GEMM on the same shapes.
     let b = CpuBackend::new();
     for (n, hw, c) in [(96usize, 32usize, 16usize), (96, 16, 32), (96, 8, 64), (16, 32, 128), (16, 16, 256)] {
         let x = vec![0.5f32; n * hw * hw * c];
