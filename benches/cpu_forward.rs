@@ -43,7 +43,7 @@ fn main() {
         }
         i += 1;
     }
-    let b = uqengine::backend::profile::Profiled::new(CpuBackend::new());
+    let b = uqengine::backend::profile::Profiled::new(std::sync::Arc::new(CpuBackend::new()));
     let cfg = UNetConfig::from_file(&config).expect("config");
     let unet = UNet::from_weights(&b, cfg.clone(), &Weights::synthetic(7)).expect("model");
     let (c, s) = (cfg.in_channels, cfg.sample_size);

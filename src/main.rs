@@ -192,7 +192,20 @@ struct InfoArgs {
     model: Option<PathBuf>,
 }
 
+/// With `UQENGINE_PROFILE=1`, every op of the run is timed and the table printed at exit.
+static PROFILE: std::sync::OnceLock<Arc<uqengine::backend::profile::Profiled>> = std::sync::OnceLock::new();
+
 fn backend(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
+    let b = select_device(args)?;
+    if std::env::var("UQENGINE_PROFILE").is_ok_and(|v| v != "0") {
+        let p = Arc::new(uqengine::backend::profile::Profiled::new(b));
+        PROFILE.set(p.clone()).ok();
+        return Ok(p);
+    }
+    Ok(b)
+}
+
+fn select_device(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
     if let Some(t) = args.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
@@ -434,6 +447,9 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd_score(a),
         Command::Info(a) => cmd_info(a),
     };
+    if let Some(p) = PROFILE.get() {
+        eprint!("{}", p.report());
+    }
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -674,11 +674,21 @@ fn fit_time_per_image_on_a_real_model() {
             .num_class_embeds
             .map(|k| (0..n).map(|i| i % k).collect()),
     };
-    let x = b.upload(&[4, cfg.sample_size, cfg.sample_size, cfg.in_channels], &inputs.x0[..4 * per]).unwrap();
+    let x = b
+        .upload(
+            &[4, cfg.sample_size, cfg.sample_size, cfg.in_channels],
+            &inputs.x0[..4 * per],
+        )
+        .unwrap();
     let t4: Vec<f32> = inputs.t[..4].iter().map(|&t| t as f32).collect();
     let t0 = Instant::now();
-    let _ = unet.trunk(&b, &x, &t4, inputs.class.as_ref().map(|c| &c[..4])).unwrap();
-    println!("trunk alone: {:.1} ms per image", t0.elapsed().as_secs_f64() / 4.0 * 1e3);
+    let _ = unet
+        .trunk(&b, &x, &t4, inputs.class.as_ref().map(|c| &c[..4]))
+        .unwrap();
+    println!(
+        "trunk alone: {:.1} ms per image",
+        t0.elapsed().as_secs_f64() / 4.0 * 1e3
+    );
     for hessian in [Hessian::EfDiag, Hessian::GgnKron] {
         let opts = FitOptions {
             hessian,

@@ -2,7 +2,7 @@
 //! request: `UQENGINE_PROFILE=1` makes the CLI wrap its backend in it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
@@ -10,13 +10,13 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Times the ops of the wrapped backend.
-pub struct Profiled<B: Backend> {
-    inner: B,
+pub struct Profiled {
+    inner: Arc<dyn Backend>,
     table: Mutex<BTreeMap<String, (u64, f64)>>,
 }
 
-impl<B: Backend> Profiled<B> {
-    pub fn new(inner: B) -> Self {
+impl Profiled {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
         Profiled {
             inner,
             table: Mutex::new(BTreeMap::new()),
@@ -49,7 +49,7 @@ impl<B: Backend> Profiled<B> {
     }
 }
 
-impl<B: Backend> Backend for Profiled<B> {
+impl Backend for Profiled {
     fn name(&self) -> String {
         self.inner.name()
     }

@@ -203,6 +203,9 @@ pub fn patch_order(cin: usize, k: usize) -> Vec<usize> {
     order
 }
 
+/// Rows of `A` per parallel task of the `ggn-kron` accumulation.
+const KRON_BLOCK_ROWS: usize = 64;
+
 /// Geometry of the last layer's im2col patches for one image.
 #[derive(Clone, Copy, Debug)]
 struct Patches {
@@ -409,7 +412,9 @@ impl CurvatureAccumulator {
         }
     }
 
-    /// `A += sum_p patch_p patch_p^T`, per image in f32, summed in f64.
+    /// `A += sum_p patch_p patch_p^T`, per image in f32, summed in f64. Only the lower triangle
+    /// (row >= column) is accumulated: row blocks of [`KRON_BLOCK_ROWS`] in parallel, each a GEMM
+    /// over the columns up to its last row, which halves the work of a full product.
     fn add_ggn_kron(&mut self, h: &[f32], n: usize) {
         let pt = self.patches;
         let (cols, positions) = (pt.cols(), pt.positions());
@@ -422,25 +427,32 @@ impl CurvatureAccumulator {
             for p0 in (0..positions).step_by(rows) {
                 let m = rows.min(positions - p0);
                 pt.fill(a, p0, m, &mut tile);
-                // a32 (+)= tile^T tile
-                // SAFETY: tile holds m x cols, a32 cols x cols.
-                unsafe {
-                    sgemm_strided(
-                        cols,
-                        cols,
-                        m,
-                        tile.as_ptr(),
-                        1,
-                        cols as isize,
-                        tile.as_ptr(),
-                        cols as isize,
-                        1,
-                        a32.as_mut_ptr(),
-                        cols as isize,
-                        p0 > 0,
-                        Parallelism::Rayon(0),
-                    )
-                };
+                let tile = &tile;
+                a32.par_chunks_mut(KRON_BLOCK_ROWS * cols)
+                    .enumerate()
+                    .for_each(|(bi, block)| {
+                        let r0 = bi * KRON_BLOCK_ROWS;
+                        let nr = block.len() / cols;
+                        // block[0..nr, 0..r0 + nr] (+)= tile[:, r0..r0 + nr]^T tile[:, 0..r0 + nr]
+                        // SAFETY: tile holds m x cols, block nr x cols, r0 + nr <= cols.
+                        unsafe {
+                            sgemm_strided(
+                                nr,
+                                r0 + nr,
+                                m,
+                                tile.as_ptr().add(r0),
+                                1,
+                                cols as isize,
+                                tile.as_ptr(),
+                                cols as isize,
+                                1,
+                                block.as_mut_ptr(),
+                                cols as isize,
+                                p0 > 0,
+                                Parallelism::None,
+                            )
+                        };
+                    });
             }
             self.sum
                 .par_iter_mut()
@@ -473,7 +485,8 @@ impl CurvatureAccumulator {
                 let mut out = vec![0.0f64; cols * cols];
                 for (i, &si) in order.iter().enumerate() {
                     for (j, &sj) in order.iter().enumerate() {
-                        out[i * cols + j] = self.sum[si * cols + sj];
+                        // Only the lower triangle of the sums is filled.
+                        out[i * cols + j] = self.sum[si.max(sj) * cols + si.min(sj)];
                     }
                 }
                 out
@@ -513,7 +526,7 @@ pub fn fit_with_inputs(
     opts: &FitOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Posterior> {
-    let cl = opts.validate(unet.config.out_channels)?;
+    let cl = opts.validate(unet.config.in_channels, unet.config.out_channels)?;
     inputs.check(unet, alphas_cumprod.len())?;
     if inputs.is_empty() {
         return Err(Error::arg("the fit needs at least one image"));
@@ -546,7 +559,7 @@ pub fn fit(
     opts: &FitOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Posterior> {
-    let cl = opts.validate(unet.config.out_channels)?;
+    let cl = opts.validate(unet.config.in_channels, unet.config.out_channels)?;
     let cfg = &unet.config;
     if cfg.num_class_embeds.is_some() && set.classes.is_none() {
         return Err(Error::arg(format!(

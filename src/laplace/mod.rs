@@ -93,7 +93,9 @@ pub struct FitOptions {
     pub batch: usize,
     /// Seed of the per-image timestep, noise and flip draws.
     pub seed: u64,
-    /// Output channels that enter the loss (learned-variance models: 3); `None`: all.
+    /// Output channels that enter the loss (the first ones); `None`: as many as the model has
+    /// input channels, i.e. all of them, or the mean half of a learned-variance model whose
+    /// output stacks mean and variance channels (3 of 6 for ADM).
     pub out_channels_in_loss: Option<usize>,
     /// What the model predicts; sets the loss target. Take it from the scheduler config.
     pub prediction: PredictionType,
@@ -118,7 +120,8 @@ impl Default for FitOptions {
 }
 
 impl FitOptions {
-    pub(crate) fn validate(&self, out_channels: usize) -> Result<usize> {
+    /// Checks the settings; returns the number of output channels in the loss.
+    pub(crate) fn validate(&self, in_channels: usize, out_channels: usize) -> Result<usize> {
         if !(self.prior_precision.is_finite() && self.prior_precision > 0.0) {
             return Err(Error::arg(format!(
                 "prior precision must be finite and > 0, got {}",
@@ -137,10 +140,13 @@ impl FitOptions {
         if self.images == Some(0) {
             return Err(Error::arg("the fit needs at least one image"));
         }
-        let c = self.out_channels_in_loss.unwrap_or(out_channels);
-        if c == 0 || c > out_channels {
+        let c = self
+            .out_channels_in_loss
+            .unwrap_or(in_channels.min(out_channels));
+        if c == 0 || c > out_channels || c > in_channels {
             return Err(Error::arg(format!(
-                "{c} output channels in the loss, but the last layer has {out_channels}"
+                "{c} output channels in the loss, but the model maps {in_channels} to {out_channels} channels \
+                 (the loss compares output channel c with input channel c)"
             )));
         }
         Ok(c)
