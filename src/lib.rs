@@ -2,10 +2,14 @@
 pub mod backend;
 pub mod error;
 pub mod io;
+pub mod job;
+pub mod laplace;
 pub mod models;
+pub mod pipeline;
 pub mod rng;
 pub mod sampler;
 pub mod tensor;
+pub mod uncertainty;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -1,1 +1,460 @@
-fn main() {}
+//! `uqengine`: sample diffusion models and score every image with its generative uncertainty.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use uqengine::backend::cpu::CpuBackend;
+use uqengine::backend::Backend;
+use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, UncertaintySettings};
+use uqengine::laplace::{FitOptions, FitSet, Hessian};
+use uqengine::models::unet::UNet;
+use uqengine::pipeline::ClassChoice;
+use uqengine::sampler::SamplerKind;
+use uqengine::uncertainty::EntropyOptions;
+
+/// The built-in demo: a class-conditional MNIST diffusion model shipped with the crate.
+fn demo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("demo")
+}
+
+#[derive(Parser)]
+#[command(name = "uqengine", version, about = "Diffusion sampling with generative uncertainty")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images (and, with a posterior, score each by its uncertainty).
+    Sample(SampleArgs),
+    /// Build the last-layer Laplace posterior of a model from a folder of training images.
+    Fit(FitArgs),
+    /// Score member images produced elsewhere (DIR/<m>/imgs/<NNNNN>.png, m = 0 the MAP model).
+    Score(ScoreArgs),
+    /// Print a model's parsed architecture, parameter count and scheduler.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// Compute device: auto, cpu, cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// diffusers UNet2DModel directory (default: the built-in MNIST demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Number of samples.
+    #[arg(long, default_value_t = 16)]
+    num: usize,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Seed of every random number of the run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Class of every sample, or a comma-separated list with one class per sample (conditional models).
+    #[arg(long)]
+    class: Option<String>,
+    /// How classes are chosen when --class is not given: balanced (i mod classes) or random.
+    #[arg(long, default_value = "balanced")]
+    classes: String,
+    /// Start from this x_T (.npy, float32, [num, C, H, W]) instead of generated noise.
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// Sampler: ddim or ddpm.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Override a scheduler-config value, e.g. --scheduler timestep_spacing=trailing (repeatable).
+    #[arg(long = "scheduler", value_name = "KEY=VALUE")]
+    scheduler: Vec<String>,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Posterior file (`uqengine fit`): score every sample by its generative uncertainty.
+    /// Default with the built-in model: its shipped posterior.
+    #[arg(long)]
+    posterior: Option<PathBuf>,
+    /// Sample without uncertainty even where a default posterior exists.
+    #[arg(long, conflicts_with = "posterior")]
+    no_uncertainty: bool,
+    /// Weight draws M (K = M + 1 members per sample, MAP first).
+    #[arg(long, default_value_t = 5)]
+    draws: usize,
+    #[command(flatten)]
+    features: FeatureArgs,
+    /// Also list (keep.txt) and copy (keep/) the N most certain samples.
+    #[arg(long)]
+    keep: Option<usize>,
+    /// Write all K member images (members/<m>/imgs/NNNNN.png) and features.npy.
+    #[arg(long)]
+    save_members: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct FeatureArgs {
+    /// Feature extractor: a CLIPVisionModelWithProjection directory (default with the built-in
+    /// model: its shipped extractor).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
+    /// sigma^2 of the Gaussian entropy.
+    #[arg(long, default_value_t = 1e-3)]
+    sigma2: f64,
+    /// Feed the extractor float images instead of 8-bit quantised ones.
+    #[arg(long)]
+    no_quantize: bool,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// diffusers UNet2DModel directory (default: the built-in demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Folder of training images (PNG/JPEG, searched recursively; class-conditional models: one
+    /// subfolder per class, named by its index).
+    #[arg(long)]
+    data: PathBuf,
+    /// Posterior file to write (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Curvature: ef-diag (diagonal empirical Fisher) or ggn-kron (exact Gauss-Newton, full covariance).
+    #[arg(long, default_value = "ef-diag")]
+    hessian: String,
+    #[arg(long, default_value_t = 1.0)]
+    prior_precision: f64,
+    #[arg(long, default_value_t = 1.0)]
+    sigma_noise: f64,
+    /// Number of training images to use (evenly spaced over the folder; default all).
+    #[arg(long)]
+    images: Option<usize>,
+    /// Images per trunk evaluation.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output channels in the loss (learned-variance models: 3; default all).
+    #[arg(long)]
+    loss_channels: Option<usize>,
+    /// Replace an existing posterior file.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// Member images: DIR/<m>/imgs/<NNNNN>.png for m = 0..M (m = 0 the MAP model).
+    #[arg(long)]
+    members: PathBuf,
+    /// Output folder for scores.csv, scores.json, contact_sheet.png.
+    #[arg(long, default_value = "scores")]
+    out: PathBuf,
+    #[command(flatten)]
+    features: FeatureArgs,
+    /// Seed written into the score table.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// diffusers UNet2DModel directory (default: the built-in demo model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// With `UQENGINE_PROFILE=1`, every op of the run is timed and the table printed at exit.
+static PROFILE: std::sync::OnceLock<Arc<uqengine::backend::profile::Profiled>> = std::sync::OnceLock::new();
+
+fn backend(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
+    let b = select_device(args)?;
+    if std::env::var("UQENGINE_PROFILE").is_ok_and(|v| v != "0") {
+        let p = Arc::new(uqengine::backend::profile::Profiled::new(b));
+        PROFILE.set(p.clone()).ok();
+        return Ok(p);
+    }
+    Ok(b)
+}
+
+fn select_device(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
+    if let Some(t) = args.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+    }
+    match args.device.as_str() {
+        "cpu" => Ok(Arc::new(CpuBackend::new())),
+        "auto" => {
+            eprintln!("device auto: no usable CUDA device in this build; using the CPU backend");
+            Ok(Arc::new(CpuBackend::new()))
+        }
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            bail!("--device {d}: this build has no CUDA backend yet; use --device cpu")
+        }
+        d => bail!("--device {d}: unknown device (expected auto, cpu or cuda[:N])"),
+    }
+}
+
+fn model_dir(m: &Option<PathBuf>) -> Result<PathBuf> {
+    match m {
+        Some(p) => Ok(p.clone()),
+        None => {
+            let d = demo_dir().join("unet");
+            if !d.join("config.json").exists() {
+                bail!("no --model given and the built-in demo model is missing at {}", d.display());
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn parse_overrides(v: &[String]) -> Result<Vec<(String, String)>> {
+    v.iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--scheduler {s}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn progress_bar() -> (ProgressBar, impl FnMut(Progress)) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sample-steps ({per_sec}, eta {eta})")
+            .unwrap(),
+    );
+    let b = bar.clone();
+    (bar, move |p: Progress| match p {
+        Progress::Start { total, done } => {
+            b.set_length(total);
+            b.set_position(done);
+            b.reset_eta();
+        }
+        Progress::Advance(n) => b.inc(n),
+        Progress::Message(m) => b.println(m),
+    })
+}
+
+fn cmd_sample(a: SampleArgs) -> Result<()> {
+    let be = backend(&a.device)?;
+    let classes = match &a.class {
+        Some(c) => {
+            let list: Vec<usize> = c
+                .split(',')
+                .map(|x| x.trim().parse::<usize>().with_context(|| format!("--class {c}: `{x}` is not a class index")))
+                .collect::<Result<_>>()?;
+            if list.len() == 1 {
+                ClassChoice::Fixed(list[0])
+            } else {
+                if list.len() != a.num {
+                    bail!("--class lists {} classes for --num {}", list.len(), a.num);
+                }
+                ClassChoice::List(list)
+            }
+        }
+        None => match a.classes.as_str() {
+            "balanced" => ClassChoice::Balanced,
+            "random" => ClassChoice::Random,
+            other => bail!("--classes {other}: expected balanced or random"),
+        },
+    };
+    let sampler = match a.sampler.as_str() {
+        "ddim" => SamplerKind::Ddim { eta: a.eta },
+        "ddpm" => {
+            if a.eta != 0.0 {
+                bail!("--eta applies to the ddim sampler only");
+            }
+            SamplerKind::Ddpm
+        }
+        other => bail!("--sampler {other}: expected ddim or ddpm"),
+    };
+    let builtin = a.model.is_none();
+    let uncertainty = if a.no_uncertainty {
+        None
+    } else {
+        let posterior = match (&a.posterior, builtin) {
+            (Some(p), _) => Some(p.clone()),
+            (None, true) if demo_dir().join("posterior.safetensors").exists() => Some(demo_dir().join("posterior.safetensors")),
+            _ => None,
+        };
+        match posterior {
+            None => None,
+            Some(p) => {
+                let mut u = UncertaintySettings::new(p, extractor_dir(&a.features.extractor, builtin)?);
+                u.draws = a.draws;
+                u.entropy = EntropyOptions { sigma2: a.features.sigma2 };
+                u.quantize = !a.features.no_quantize;
+                u.keep = a.keep;
+                u.save_members = a.save_members;
+                Some(u)
+            }
+        }
+    };
+    if uncertainty.is_none() && (a.keep.is_some() || a.save_members) {
+        bail!("--keep and --save-members need a posterior (--posterior FILE)");
+    }
+    let job = SampleJob {
+        model_dir: model_dir(&a.model)?,
+        out_dir: a.out.clone(),
+        num: a.num,
+        steps: a.steps,
+        seed: a.seed,
+        batch: a.batch,
+        classes,
+        noise_file: a.noise.clone(),
+        sampler,
+        scheduler_overrides: parse_overrides(&a.scheduler)?,
+        overwrite: a.overwrite,
+        uncertainty,
+    };
+    let (bar, mut on_progress) = progress_bar();
+    let report = job.run(be.clone(), &mut on_progress)?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} samples ({} member{} each) to {} in {:.1} s on {}",
+        report.num,
+        report.members,
+        if report.members == 1 { "" } else { "s" },
+        report.out_dir.display(),
+        report.seconds,
+        be.name()
+    );
+    Ok(())
+}
+
+fn extractor_dir(e: &Option<PathBuf>, builtin: bool) -> Result<PathBuf> {
+    match (e, builtin) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, true) => Ok(demo_dir().join("clip")),
+        (None, false) => bail!("--extractor DIR is required (a CLIPVisionModelWithProjection directory)"),
+    }
+}
+
+fn cmd_fit(a: FitArgs) -> Result<()> {
+    let be = backend(&a.device)?;
+    let dir = model_dir(&a.model)?;
+    if a.out.exists() && !a.overwrite {
+        bail!("{} already exists (use --overwrite to replace it)", a.out.display());
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let unet = UNet::load(be.as_ref(), &dir)?;
+    let (sched, _) = scheduler_config(&dir, &[])?;
+    let set = FitSet::from_folder(&a.data, unet.config.num_class_embeds)?;
+    let opts = FitOptions {
+        hessian: Hessian::parse(&a.hessian)?,
+        prior_precision: a.prior_precision,
+        sigma_noise: a.sigma_noise,
+        images: a.images,
+        batch: a.batch,
+        seed: a.seed,
+        out_channels_in_loss: a.loss_channels,
+        prediction: sched.prediction_type,
+        ..FitOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({eta})").unwrap());
+    let post = uqengine::laplace::fit(be.as_ref(), &unet, &sched.alphas_cumprod(), &set, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    post.save(&a.out)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "wrote {} ({}, {} images, prior precision {}, sigma {}) in {:.1} s ({:.1} ms/image) on {}",
+        a.out.display(),
+        post.hessian().as_str(),
+        post.num_images(),
+        post.prior_precision(),
+        post.sigma_noise(),
+        secs,
+        1e3 * secs / post.num_images().max(1) as f64,
+        be.name()
+    );
+    Ok(())
+}
+
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    let be = backend(&a.device)?;
+    if a.features.no_quantize {
+        bail!("--no-quantize does not apply to score: member images are 8-bit PNG files already");
+    }
+    let job = ScoreJob {
+        members_dir: a.members.clone(),
+        out_dir: a.out.clone(),
+        extractor: extractor_dir(&a.features.extractor, false)?,
+        entropy: EntropyOptions { sigma2: a.features.sigma2 },
+        seed: a.seed,
+        overwrite: a.overwrite,
+    };
+    let r = job.run(be.clone())?;
+    println!("scored {} samples ({} members each) into {}", r.num, r.members, r.out_dir.display());
+    Ok(())
+}
+
+fn cmd_info(a: InfoArgs) -> Result<()> {
+    let dir = model_dir(&a.model)?;
+    let unet = UNet::load(&CpuBackend::new(), &dir)?;
+    print!("{}", unet.describe());
+    let (sched, path) = scheduler_config(&dir, &[])?;
+    match path {
+        Some(p) => println!("scheduler        {}", p.display()),
+        None => println!("scheduler        (none in the model folder: diffusers DDIM defaults)"),
+    }
+    println!("  {sched:?}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Sample(a) => cmd_sample(a),
+        Command::Fit(a) => cmd_fit(a),
+        Command::Score(a) => cmd_score(a),
+        Command::Info(a) => cmd_info(a),
+    };
+    if let Some(p) = PROFILE.get() {
+        eprint!("{}", p.report());
+    }
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -217,8 +217,23 @@ fn full_clip_config_layout_loads_the_same_model() {
     assert_eq!(ya, yb);
 }
 
-/// A copy of a fixture model directory under the system temp dir.
-fn temp_model_dir(tag: &str, src: &Path) -> PathBuf {
+/// A copy of a fixture model directory under the system temp dir, removed on drop.
+struct TempModel(PathBuf);
+
+impl std::ops::Deref for TempModel {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempModel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_model_dir(tag: &str, src: &Path) -> TempModel {
     let dir = std::env::temp_dir().join(format!("uqengine_clip_{tag}_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
@@ -228,7 +243,7 @@ fn temp_model_dir(tag: &str, src: &Path) -> PathBuf {
     ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    dir
+    TempModel(dir)
 }
 
 fn edited_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {

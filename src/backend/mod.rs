@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod profile;
 
 use crate::error::Result;
 use crate::tensor::Tensor;

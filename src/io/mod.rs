@@ -1,2 +1,8 @@
 //! File formats: .npy arrays, images, score tables, contact sheets.
+pub mod contact_sheet;
+pub mod font;
+pub mod images_in;
+pub mod images_out;
+pub mod members;
 pub mod npy;
+pub mod scores;

@@ -368,7 +368,7 @@ impl ClipVision {
         self.config.projection_dim
     }
 
-    /// Scalar parameters in the weight file.
+    /// Scalar parameters in the weight file (every tensor in it).
     pub fn num_params(&self) -> usize {
         self.num_params
     }

@@ -16,6 +16,8 @@ pub struct Weights {
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     dtype: String,
     hash: u64,
+    /// When set, every requested tensor exists and is synthesised from this seed (benchmarks).
+    synthetic: Option<u64>,
 }
 
 /// 64-bit FNV-1a over bytes: a cheap content fingerprint (not cryptographic).
@@ -83,6 +85,7 @@ impl Weights {
             tensors,
             dtype,
             hash: fnv1a64(bytes),
+            synthetic: None,
         })
     }
 
@@ -93,7 +96,39 @@ impl Weights {
             tensors,
             dtype: "f32".into(),
             hash: 0,
+            synthetic: None,
         }
+    }
+
+    /// A weight source in which every requested tensor exists, filled deterministically from
+    /// `seed` and the tensor's name: normal / sqrt(fan_in) for weights, 1 for norm scales, small
+    /// values for biases. For benchmarks of real architectures without their checkpoints.
+    pub fn synthetic(seed: u64) -> Self {
+        Weights {
+            path: PathBuf::from("<synthetic>"),
+            tensors: HashMap::new(),
+            dtype: "f32".into(),
+            hash: seed,
+            synthetic: Some(seed),
+        }
+    }
+
+    fn synthesise(seed: u64, key: &str, shape: &[usize]) -> Vec<f32> {
+        use crate::rng::{Purpose, Stream};
+        let n: usize = shape.iter().product();
+        let is_norm = key.contains("norm");
+        if is_norm && key.ends_with(".weight") {
+            return vec![1.0; n];
+        }
+        let mut v = vec![0.0f32; n];
+        Stream::new(seed ^ fnv1a64(key.as_bytes()), 0, Purpose::WeightDraw, 0).fill_normal(&mut v);
+        let scale = if shape.len() >= 2 {
+            1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt()
+        } else {
+            0.02
+        };
+        v.iter_mut().for_each(|x| *x *= scale);
+        v
     }
 
     pub fn path(&self) -> &Path {
@@ -143,11 +178,14 @@ impl<'a> View<'a> {
     }
     /// Whether `name` exists under this prefix.
     pub fn has(&self, name: &str) -> bool {
-        self.w.tensors.contains_key(&self.full(name))
+        self.w.synthetic.is_some() || self.w.tensors.contains_key(&self.full(name))
     }
     /// The tensor `name`, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = self.full(name);
+        if let Some(seed) = self.w.synthetic {
+            return Ok(Weights::synthesise(seed, &key, shape));
+        }
         let (s, v) = self.w.tensors.get(&key).ok_or_else(|| Error::MissingTensor {
             path: self.w.path.clone(),
             key: key.clone(),

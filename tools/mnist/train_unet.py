@@ -18,6 +18,7 @@ Run from the repository root:
   python3 tools/mnist/train_unet.py             train (or resume), export, sample
   python3 tools/mnist/train_unet.py --bench 20  time 20 training iterations, print FLOPs
   python3 tools/mnist/train_unet.py --sample    only sample + score the exported model
+  python3 tools/mnist/train_unet.py --compare   score DDIM config variants (100 samples each)
 """
 
 import argparse
@@ -35,8 +36,8 @@ from PIL import Image
 from common import ASSETS, CKPT, DATA, Log, count_flops, load_classifier, load_split, pad32
 
 SEED = 777
-BATCH = 64
-ITERS = 5000
+BATCH = 32
+ITERS = 6500
 LR = 1e-3
 WARMUP = 250
 EMA_DECAY = 0.999
@@ -96,7 +97,7 @@ def export(ema, log):
     half = copy.deepcopy(ema).half()
     half.save_pretrained(OUT, safe_serialization=True)
     DDIMScheduler(**DDIM).save_pretrained(os.path.join(OUT, "scheduler"))
-    reloaded = UNet2DModel.from_pretrained(OUT).float().eval()
+    reloaded = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10, 1, 32, 32, generator=g)
     t = torch.linspace(0, 999, 10).long()
@@ -150,7 +151,7 @@ def score_samples(images, labels):
 
 
 def sample_and_score(log, n=64):
-    unet = UNet2DModel.from_pretrained(OUT).float().eval()
+    unet = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
     labels = torch.arange(n) % 10
     t0 = time.time()
     imgs = sample(unet, labels)
@@ -159,6 +160,24 @@ def sample_and_score(log, n=64):
     save_grid(imgs, path)
     acc, conf = score_samples(imgs, labels)
     log(f"wrote {path}; evaluation CNN: accuracy {acc:.4f}, mean p(label) {conf:.4f}")
+
+
+def compare_schedules(log, n=100):
+    """Evaluation-CNN accuracy of n samples (same noise) under DDIM variants of the shipped one."""
+    unet = UNet2DModel.from_pretrained(OUT, low_cpu_mem_usage=False).float().eval()
+    labels = torch.arange(n) % 10
+    variants = {
+        "leading, offset 1, alpha_to_one true (shipped)": {},
+        "leading, offset 1, alpha_to_one false": dict(set_alpha_to_one=False),
+        "trailing, offset 0, alpha_to_one false": dict(
+            timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=False
+        ),
+        "leading, offset 1, no clip_sample": dict(clip_sample=False),
+    }
+    for name, change in variants.items():
+        imgs = sample(unet, labels, seed=1, ddim=dict(DDIM, **change))
+        acc, conf = score_samples(imgs, labels)
+        log(f"{name}: accuracy {acc:.3f}, mean p(label) {conf:.3f}")
 
 
 def save_ckpt(path, state):
@@ -253,10 +272,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", type=int, default=0, help="time N iterations, no checkpoint")
     ap.add_argument("--sample", action="store_true", help="only sample the exported model")
+    ap.add_argument("--compare", action="store_true", help="score DDIM config variants")
     args = ap.parse_args()
     torch.set_num_threads(1)
     log = Log()
-    if args.sample or train(log, args.bench):
+    if args.compare:
+        compare_schedules(log)
+    elif args.sample or train(log, args.bench):
         sample_and_score(log)
 
 

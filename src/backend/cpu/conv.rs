@@ -66,16 +66,26 @@ pub fn conv2d_nhwc(
             let oh = (p / wo) % ho;
             let b = p / (wo * ho);
             let row = &mut buf[r * kk..(r + 1) * kk];
+            let iw0 = (ow * s) as isize - pad as isize;
             for kh in 0..k {
                 let ih = (oh * s + kh) as isize - pad as isize;
-                for kw in 0..k {
-                    let iw = (ow * s + kw) as isize - pad as isize;
-                    let dst = &mut row[(kh * k + kw) * cin..(kh * k + kw + 1) * cin];
-                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
-                        dst.fill(0.0);
-                    } else {
-                        let src = ((b * h + ih as usize) * w + iw as usize) * cin;
-                        dst.copy_from_slice(&x[src..src + cin]);
+                let seg = &mut row[kh * k * cin..(kh + 1) * k * cin];
+                if ih < 0 || ih >= h as isize {
+                    seg.fill(0.0);
+                } else if iw0 >= 0 && iw0 + k as isize <= w as isize {
+                    // The k taps of this kernel row are contiguous in NHWC memory.
+                    let src = ((b * h + ih as usize) * w + iw0 as usize) * cin;
+                    seg.copy_from_slice(&x[src..src + k * cin]);
+                } else {
+                    for kw in 0..k {
+                        let iw = iw0 + kw as isize;
+                        let dst = &mut seg[kw * cin..(kw + 1) * cin];
+                        if iw < 0 || iw >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let src = ((b * h + ih as usize) * w + iw as usize) * cin;
+                            dst.copy_from_slice(&x[src..src + cin]);
+                        }
                     }
                 }
             }

@@ -66,9 +66,20 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], 
     }
 }
 
+/// Bytes of gathered lhs rows per parallel task (`UQENGINE_TILE_BYTES` overrides).
+fn tile_bytes() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("UQENGINE_TILE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1 << 20)
+    })
+}
+
 /// Rows per parallel task so that a gathered `[rows, k]` tile stays around 1 MiB (L2-resident).
 pub fn tile_rows(k: usize, total_rows: usize) -> usize {
-    let by_cache = ((1 << 20) / (4 * k.max(1))).clamp(16, 1024);
+    let by_cache = (tile_bytes() / (4 * k.max(1))).clamp(16, 4096);
     // Enough tasks for every thread when there is enough work.
     let threads = rayon::current_num_threads().max(1);
     let by_threads = total_rows.div_ceil(2 * threads).max(16);
@@ -87,23 +98,25 @@ where
     assert_eq!(out.len(), rows * n);
     assert_eq!(w.len(), k * n);
     let tr = tile_rows(k, rows);
-    out.par_chunks_mut(tr * n)
-        .enumerate()
-        .for_each_init(Vec::<f32>::new, |buf, (ti, o)| {
-            let p0 = ti * tr;
-            let len = o.len() / n;
-            init(p0, o);
-            let a: *const f32 = {
-                if buf.len() < len * k {
-                    buf.resize(tr * k, 0.0);
-                }
-                match fill(p0, len, &mut buf[..len * k]) {
-                    Some(p) => p,
-                    None => buf.as_ptr(),
-                }
+    thread_local! {
+        /// Per-thread tile of gathered rows, reused across calls (no per-task allocation).
+        static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    out.par_chunks_mut(tr * n).enumerate().for_each(|(ti, o)| {
+        let p0 = ti * tr;
+        let len = o.len() / n;
+        init(p0, o);
+        TILE.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < len * k {
+                buf.resize(len * k, 0.0);
+            }
+            let a: *const f32 = match fill(p0, len, &mut buf[..len * k]) {
+                Some(p) => p,
+                None => buf.as_ptr(),
             };
-            // SAFETY: `a` addresses `len` rows of `k` contiguous floats (either `buf` or the
-            // caller's contiguous input); `o` is `len x n`.
+            // SAFETY: `a` addresses `len` rows of `k` contiguous floats (either the thread's tile
+            // or the caller's contiguous input); `o` is `len x n`.
             unsafe {
                 sgemm_strided(
                     len,
@@ -122,4 +135,5 @@ where
                 )
             }
         });
+    });
 }

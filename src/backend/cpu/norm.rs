@@ -5,23 +5,12 @@ use rayon::prelude::*;
 
 use super::silu;
 
-/// GroupNorm over `[n, hw, c]` data with `groups` groups, optionally followed by SiLU.
-#[allow(clippy::too_many_arguments)]
-pub fn group_norm_nhwc(
-    x: &[f32],
-    n: usize,
-    hw: usize,
-    c: usize,
-    groups: usize,
-    eps: f32,
-    gamma: &[f32],
-    beta: &[f32],
-    apply_silu: bool,
-) -> Vec<f32> {
+/// Per-sample, per-group `(mean, 1/sqrt(var + eps))` of `[n, hw, c]` data, indexed
+/// `sample * groups + group`.
+pub fn group_norm_stats(x: &[f32], n: usize, hw: usize, c: usize, groups: usize, eps: f32) -> Vec<(f32, f32)> {
     let cg = c / groups;
     let per = hw * c;
-    // Per-sample, per-group statistics.
-    let stats: Vec<(f32, f32)> = (0..n)
+    (0..n)
         .into_par_iter()
         .flat_map_iter(|b| {
             let xs = &x[b * per..(b + 1) * per];
@@ -44,7 +33,24 @@ pub fn group_norm_nhwc(
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
+        .collect()
+}
+
+/// GroupNorm over `[n, hw, c]` data with `groups` groups, optionally followed by SiLU.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_nhwc(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    apply_silu: bool,
+) -> Vec<f32> {
+    let cg = c / groups;
+    let stats = group_norm_stats(x, n, hw, c, groups, eps);
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(p, (o, xi))| {
         let b = p / hw;

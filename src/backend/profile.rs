@@ -1,0 +1,118 @@
+//! A backend wrapper that times every op (wall clock, per op name) and prints a table on
+//! request: `UQENGINE_PROFILE=1` makes the CLI wrap its backend in it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Times the ops of the wrapped backend.
+pub struct Profiled {
+    inner: Arc<dyn Backend>,
+    table: Mutex<BTreeMap<String, (u64, f64)>>,
+}
+
+impl Profiled {
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        Profiled {
+            inner,
+            table: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn time<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let r = f();
+        let dt = t0.elapsed().as_secs_f64();
+        let mut t = self.table.lock().unwrap();
+        let e = t.entry(name.to_string()).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += dt;
+        r
+    }
+
+    /// The table: op, calls, total seconds, share — sorted by time.
+    pub fn report(&self) -> String {
+        let t = self.table.lock().unwrap();
+        let total: f64 = t.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = t.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
+        let mut s = format!("{:<22} {:>9} {:>10} {:>7}\n", "op", "calls", "seconds", "share");
+        for (k, (n, sec)) in rows {
+            s += &format!("{k:<22} {n:>9} {sec:>10.3} {:>6.1}%\n", 100.0 * sec / total.max(1e-12));
+        }
+        s += &format!("{:<22} {:>9} {total:>10.3}\n", "total", "");
+        s
+    }
+}
+
+impl Backend for Profiled {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.time("upload", || self.inner.upload(shape, data))
+    }
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
+        self.time("download", || self.inner.download(x))
+    }
+    fn prepare_conv(&self, spec: ConvSpec, w: &[f32], bias: Option<&[f32]>) -> Result<Conv2d> {
+        self.inner.prepare_conv(spec, w, bias)
+    }
+    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
+        self.inner.prepare_linear(din, dout, w, bias)
+    }
+    fn prepare_norm(&self, groups: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Result<Norm> {
+        self.inner.prepare_norm(groups, eps, gamma, beta)
+    }
+    fn conv2d(&self, x: &Tensor, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+        let s = conv.spec;
+        let name = format!("conv{}x{} s{}", s.kernel, s.kernel, s.stride);
+        self.time(&name, || self.inner.conv2d(x, conv, residual))
+    }
+    fn norm_conv2d(&self, x: &Tensor, norm: &Norm, silu: bool, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.time("norm_conv2d", || self.inner.norm_conv2d(x, norm, silu, conv, residual))
+    }
+    fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
+        self.time("conv2d_members", || self.inner.conv2d_members(x, convs))
+    }
+    fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor> {
+        self.time("group_norm", || self.inner.group_norm(x, norm, silu))
+    }
+    fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
+        self.time("layer_norm", || self.inner.layer_norm(x, norm))
+    }
+    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.time("linear", || self.inner.linear(x, lin, act, residual))
+    }
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.time("activation", || self.inner.activation(x, act))
+    }
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.time("add", || self.inner.add(a, b))
+    }
+    fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+        self.time("add_per_sample", || self.inner.add_per_sample(x, v))
+    }
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+        self.time("attention", || self.inner.attention(q, k, v, heads, scale))
+    }
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        self.time("upsample", || self.inner.upsample_nearest2x(x))
+    }
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        self.time("avg_pool", || self.inner.avg_pool2x(x))
+    }
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.time("concat_channels", || self.inner.concat_channels(a, b))
+    }
+    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        self.time("slice_batch", || self.inner.slice_batch(x, start, len))
+    }
+    fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
+        self.time("concat_batch", || self.inner.concat_batch(parts))
+    }
+}
