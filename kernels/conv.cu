@@ -37,8 +37,8 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
     const bf16* __restrict__ residual, bf16* __restrict__ y, const float* __restrict__ stats,
     const float* __restrict__ gamma, const float* __restrict__ beta, int h, int wd, int cin, int ho, int wo,
     int cout, int ksize, int stride, int pad, int members, int groups, int norm_silu, int act) {
-    __shared__ __align__(16) bf16 As[CONV_BM][CONV_LDS];
-    __shared__ __align__(16) bf16 Bs[CONV_BN][CONV_LDS];
+    __shared__ __align__(16) bf16 As[2][CONV_BM][CONV_LDS];
+    __shared__ __align__(16) bf16 Bs[2][CONV_BN][CONV_LDS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
@@ -70,8 +70,8 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[a][b][e] = 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
-        uint4 ra[2], rb[2];
+    // Global -> registers for the K step starting at k0 (8 consecutive k per chunk).
+    auto load = [&](int k0, uint4(&ra)[2], uint4(&rb)[2]) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = tid + 128 * i, kc = (c & 3) * 8, kg = k0 + kc;
@@ -136,34 +136,56 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
                 rb[i] = make_uint4(pb[0], pb[1], pb[2], pb[3]);
             }
         }
-        __syncthreads();  // the previous step's fragments have been read
+    };
+    auto store = [&](int buf, const uint4(&ra)[2], const uint4(&rb)[2]) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = tid + 128 * i;
-            *reinterpret_cast<uint4*>(&As[c >> 2][(c & 3) * 8]) = ra[i];
-            *reinterpret_cast<uint4*>(&Bs[c >> 2][(c & 3) * 8]) = rb[i];
+            *reinterpret_cast<uint4*>(&As[buf][c >> 2][(c & 3) * 8]) = ra[i];
+            *reinterpret_cast<uint4*>(&Bs[buf][c >> 2][(c & 3) * 8]) = rb[i];
         }
-        __syncthreads();
+    };
+
+    // Double-buffered main loop: the next step's global loads are in flight while the tensor
+    // cores work on the current shared tiles; one barrier per step.
+    uint4 ra[2], rb[2];
+    load(0, ra, rb);
+    store(0, ra, rb);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
+        const bool more = k0 + CONV_BK < K;
+        if (more) load(k0 + CONV_BK, ra, rb);
 #pragma unroll
         for (int kk = 0; kk < CONV_BK; kk += 16) {
+            // Fragments of the warp's 32x32 tile: A for two m16 tiles, B for four n8 tiles (two
+            // x4 loads of 16 columns each), then 2 x 4 mma.sync.
+            const void* rows[4] = {
+                &As[buf][wm * 32 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8],
+                &As[buf][wm * 32 + 16 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8],
+                &Bs[buf][wn * 32 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8],
+                &Bs[buf][wn * 32 + 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8],
+            };
+            unsigned fr[4][4];
+            ldmatrix_x4_multi<4>(fr, rows);
             unsigned af[2][4], bfr[4][2];
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-                ldmatrix_x4(af[mt], &As[wm * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
-#pragma unroll
-            for (int np = 0; np < 2; ++np) {
-                unsigned r[4];
-                ldmatrix_x4(r, &Bs[wn * 32 + np * 16 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
-                bfr[2 * np][0] = r[0];
-                bfr[2 * np][1] = r[1];
-                bfr[2 * np + 1][0] = r[2];
-                bfr[2 * np + 1][1] = r[3];
+            for (int i = 0; i < 4; ++i) {
+                af[0][i] = fr[0][i];
+                af[1][i] = fr[1][i];
             }
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) mma_m16n8k16_bf16(acc[mt][nt], af[mt], bfr[nt], acc[mt][nt]);
+            for (int np = 0; np < 2; ++np) {
+                bfr[2 * np][0] = fr[2 + np][0];
+                bfr[2 * np][1] = fr[2 + np][1];
+                bfr[2 * np + 1][0] = fr[2 + np][2];
+                bfr[2 * np + 1][1] = fr[2 + np][3];
+            }
+            mma_tile_m16n8k16_bf16<2, 4>(acc, af, bfr);
         }
+        if (more) store(buf ^ 1, ra, rb);
+        __syncthreads();
+        buf ^= 1;
     }
 
     // Epilogue: bias, activation, residual; accumulator (mt, nt, e) sits at row g (+8 for e >= 2),

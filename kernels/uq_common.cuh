@@ -52,13 +52,23 @@ __device__ __forceinline__ float uq_activate(float x, int act) {
 
 /// Sum over the 32 lanes of a warp (butterfly; every lane gets the total).
 __device__ __forceinline__ float uq_warp_sum(float v) {
+#ifdef UQ_EMU
+    return uq_emu::warp_butterfly(v, [](float a, float b) { return a + b; });
+#else
+#pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(UQ_FULL_MASK, v, o);
     return v;
+#endif
 }
 /// Maximum over the 32 lanes of a warp.
 __device__ __forceinline__ float uq_warp_max(float v) {
+#ifdef UQ_EMU
+    return uq_emu::warp_butterfly(v, [](float a, float b) { return fmaxf(a, b); });
+#else
+#pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(UQ_FULL_MASK, v, o));
     return v;
+#endif
 }
 
 /// Deterministic sum over a block of `blockDim.x` threads (a multiple of 32, at most 1024):

@@ -113,7 +113,7 @@ struct Barrier {
 struct Warp {
     unsigned lanes = 32;
     Barrier bar;
-    alignas(16) unsigned char slot[32][64];
+    alignas(16) unsigned char slot[32][128];  // 16 words of 8 bytes per lane
     void sync() { bar.arrive_and_wait(); }
 };
 
@@ -277,6 +277,31 @@ inline T exchange(T v, Src src) {
     T r = (s < 0 || s >= (int)w.lanes) ? v : get<T>((unsigned)s, 0);
     w.sync();
     return r;
+}
+}  // namespace uq_emu
+
+namespace uq_emu {
+/// The butterfly `for o in 16, 8, 4, 2, 1: v = op(v, shfl_xor(v, o))` with one exchange instead
+/// of five: every lane replays all stages on the published values, so each lane gets exactly
+/// the value (and rounding) the shuffle sequence gives it on a GPU.
+template <class F>
+inline float warp_butterfly(float v, F op) {
+    Warp& w = warp();
+    const unsigned l = lane();
+    put(l, 0, v);
+    w.sync();
+    float vals[32];
+    for (unsigned i = 0; i < w.lanes; ++i) vals[i] = get<float>(i, 0);
+    w.sync();
+    for (unsigned o = 16; o > 0; o >>= 1) {
+        float next[32];
+        for (unsigned i = 0; i < w.lanes; ++i) {
+            const unsigned p = i ^ o;
+            next[i] = op(vals[i], p < w.lanes ? vals[p] : vals[i]);
+        }
+        for (unsigned i = 0; i < w.lanes; ++i) vals[i] = next[i];
+    }
+    return vals[l];
 }
 }  // namespace uq_emu
 

@@ -49,6 +49,23 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* row
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 }
 
+/// acc[m][n] += A_m * B_n for an M x N grid of 16x8x16 tiles (one warp tile of a GEMM).
+template <int M, int N>
+__device__ __forceinline__ void mma_tile_m16n8k16_bf16(float (&acc)[M][N][4], const unsigned (&a)[M][4],
+                                                       const unsigned (&b)[N][2]) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int n = 0; n < N; ++n) mma_m16n8k16_bf16(acc[m][n], a[m], b[n], acc[m][n]);
+}
+
+/// N independent ldmatrix_x4 loads (row addresses rows[i], results r[i]).
+template <int N>
+__device__ __forceinline__ void ldmatrix_x4_multi(unsigned (&r)[N][4], const void* const (&rows)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) ldmatrix_x4(r[i], rows[i]);
+}
+
 #else  // UQ_EMU
 
 namespace uq_emu {
@@ -56,15 +73,25 @@ inline float bf16_lo(unsigned r) { return bf16_bits_to_f32((unsigned short)(r & 
 inline float bf16_hi(unsigned r) { return bf16_bits_to_f32((unsigned short)(r >> 16)); }
 inline float bf16_half(unsigned r, int hi) { return hi ? bf16_hi(r) : bf16_lo(r); }
 
-/// Element (row, col) of the warp's A fragments (slot words 0..3).
-inline float frag_a(int row, int k) {
+/// Element (row, k) of the A fragments the warp published at slot words base..base+3.
+inline float frag_a(int base, int row, int k) {
     const int l = (row % 8) * 4 + (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-    return bf16_half(get<unsigned>(l, reg), k & 1);
+    return bf16_half(get<unsigned>(l, base + reg), k & 1);
 }
-/// Element (k, n) of the warp's B fragments (slot words 4..5).
-inline float frag_b(int k, int n) {
-    const int l = n * 4 + (k % 8) / 2, reg = 4 + (k >= 8 ? 1 : 0);
-    return bf16_half(get<unsigned>(l, reg), k & 1);
+/// Element (k, n) of the B fragments the warp published at slot words base, base+1.
+inline float frag_b(int base, int k, int n) {
+    const int l = n * 4 + (k % 8) / 2, reg = k >= 8 ? 1 : 0;
+    return bf16_half(get<unsigned>(l, base + reg), k & 1);
+}
+/// This lane's four D elements of A(abase) * B(bbase), without the accumulator.
+inline void mma_lane(float out[4], int abase, int bbase) {
+    const int l = (int)lane(), g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += frag_a(abase, row, k) * frag_b(bbase, k, col);
+        out[i] = s;
+    }
 }
 
 template <int N, bool Trans>
@@ -99,16 +126,43 @@ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[
     uq_emu::put(l, 4, b[0]);
     uq_emu::put(l, 5, b[1]);
     w.sync();
-    const int g = l / 4, t = l % 4;
     float out[4];
-    for (int i = 0; i < 4; ++i) {
-        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-        float s = 0.0f;
-        for (int k = 0; k < 16; ++k) s += uq_emu::frag_a(row, k) * uq_emu::frag_b(k, col);
-        out[i] = c[i] + s;
-    }
+    uq_emu::mma_lane(out, 0, 4);
     w.sync();
-    for (int i = 0; i < 4; ++i) d[i] = out[i];
+    for (int i = 0; i < 4; ++i) d[i] = c[i] + out[i];
+}
+// The batched helpers exchange all fragments at once: two warp barriers instead of two per tile.
+template <int M, int N>
+inline void mma_tile_m16n8k16_bf16(float (&acc)[M][N][4], const unsigned (&a)[M][4], const unsigned (&b)[N][2]) {
+    static_assert(M * 4 + N * 2 <= 16, "fragments exceed the warp's exchange slots");
+    uq_emu::Warp& w = uq_emu::warp();
+    const unsigned l = uq_emu::lane();
+    for (int m = 0; m < M; ++m)
+        for (int i = 0; i < 4; ++i) uq_emu::put(l, m * 4 + i, a[m][i]);
+    for (int n = 0; n < N; ++n)
+        for (int j = 0; j < 2; ++j) uq_emu::put(l, M * 4 + n * 2 + j, b[n][j]);
+    w.sync();
+    float out[M][N][4];
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) uq_emu::mma_lane(out[m][n], m * 4, M * 4 + n * 2);
+    w.sync();
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < 4; ++i) acc[m][n][i] += out[m][n][i];
+}
+template <int N>
+inline void ldmatrix_x4_multi(unsigned (&r)[N][4], const void* const (&rows)[N]) {
+    static_assert(N <= 16, "addresses exceed the warp's exchange slots");
+    uq_emu::Warp& w = uq_emu::warp();
+    const unsigned l = uq_emu::lane(), g = l / 4, t = l % 4;
+    for (int i = 0; i < N; ++i) uq_emu::put(l, i, rows[i]);
+    w.sync();
+    for (int i = 0; i < N; ++i)
+        for (int j = 0; j < 4; ++j) {
+            const auto* p = static_cast<const unsigned short*>(uq_emu::get<const void*>(8 * j + g, i));
+            r[i][j] = unsigned(p[2 * t]) | (unsigned(p[2 * t + 1]) << 16);
+        }
+    w.sync();
 }
 inline void ldmatrix_x4(unsigned r[4], const void* row) { uq_emu::ldmatrix<4, false>(r, row); }
 inline void ldmatrix_x2(unsigned r[2], const void* row) { uq_emu::ldmatrix<2, false>(r, row); }

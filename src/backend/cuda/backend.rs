@@ -26,9 +26,8 @@ pub struct CudaBackend {
     dev: Arc<dyn Device>,
 }
 
-/// Threads per block of the element-wise kernels, and the most blocks of a grid-stride launch.
+/// Threads per block of the element-wise (grid-stride) kernels.
 const EW_THREADS: u32 = 256;
-const EW_MAX_BLOCKS: usize = 8192;
 /// Below these sizes a 64x64 tensor-core tile would be mostly padding: the f32 path runs.
 const MMA_MIN_COUT: usize = 16;
 const MMA_MIN_K: usize = 32;
@@ -48,13 +47,6 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     } else {
         Err(err(msg()))
     }
-}
-
-fn ew_cfg(n: usize) -> LaunchCfg {
-    LaunchCfg::linear(
-        n.div_ceil(EW_THREADS as usize).clamp(1, EW_MAX_BLOCKS) as u32,
-        EW_THREADS,
-    )
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
@@ -233,7 +225,7 @@ impl CudaBackend {
         } else {
             k::conv2d_simple(
                 self.d(),
-                ew_cfg(total),
+                self.ew_cfg(total),
                 x,
                 w,
                 bias,
@@ -305,11 +297,17 @@ impl CudaBackend {
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
     }
 
+    /// Launch geometry of a grid-stride kernel over `n` items.
+    fn ew_cfg(&self, n: usize) -> LaunchCfg {
+        let most = self.dev.grid_stride_blocks().max(1) as usize;
+        LaunchCfg::linear(n.div_ceil(EW_THREADS as usize).clamp(1, most) as u32, EW_THREADS)
+    }
+
     fn copy(&self, src: DevPtr<Bf16>, dst: super::device::DevPtrMut<Bf16>, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        k::copy_bf16(self.d(), ew_cfg(n), src, dst, n as i64)
+        k::copy_bf16(self.d(), self.ew_cfg(n), src, dst, n as i64)
     }
 }
 
@@ -472,7 +470,7 @@ impl Backend for CudaBackend {
             if let Some(b) = &cv.bias {
                 k::copy_f32(
                     self.d(),
-                    ew_cfg(spec.cout),
+                    self.ew_cfg(spec.cout),
                     self.f32(b)?.ptr(),
                     ball.ptr_mut().offset(m * spec.cout),
                     spec.cout as i64,
@@ -505,7 +503,7 @@ impl Backend for CudaBackend {
         if n > 0 {
             k::group_norm_apply(
                 self.d(),
-                ew_cfg(n),
+                self.ew_cfg(n),
                 self.bf16(x)?.ptr(),
                 stats.ptr(),
                 self.f32(&norm.gamma)?.ptr(),
@@ -599,7 +597,7 @@ impl Backend for CudaBackend {
         if n > 0 {
             k::activation_bf16(
                 self.d(),
-                ew_cfg(n),
+                self.ew_cfg(n),
                 self.bf16(x)?.ptr(),
                 y.ptr_mut(),
                 n as i64,
@@ -618,7 +616,7 @@ impl Backend for CudaBackend {
         if n > 0 {
             k::add_bf16(
                 self.d(),
-                ew_cfg(n),
+                self.ew_cfg(n),
                 self.bf16(a)?.ptr(),
                 self.bf16(b)?.ptr(),
                 y.ptr_mut(),
@@ -639,7 +637,7 @@ impl Backend for CudaBackend {
         if total > 0 {
             k::add_per_sample_bf16(
                 self.d(),
-                ew_cfg(total),
+                self.ew_cfg(total),
                 self.bf16(x)?.ptr(),
                 self.bf16(v)?.ptr(),
                 y.ptr_mut(),
@@ -695,7 +693,7 @@ impl Backend for CudaBackend {
             i32_of(total, "tensor size")?;
             k::upsample_nearest2x_bf16(
                 self.d(),
-                ew_cfg(total),
+                self.ew_cfg(total),
                 self.bf16(x)?.ptr(),
                 y.ptr_mut(),
                 n as i32,
@@ -714,7 +712,7 @@ impl Backend for CudaBackend {
         if total > 0 {
             k::avg_pool2x_bf16(
                 self.d(),
-                ew_cfg(total),
+                self.ew_cfg(total),
                 self.bf16(x)?.ptr(),
                 y.ptr_mut(),
                 n as i32,
@@ -737,7 +735,7 @@ impl Backend for CudaBackend {
         if pixels * (ca + cb) > 0 {
             k::concat_channels_bf16(
                 self.d(),
-                ew_cfg(pixels * (ca + cb)),
+                self.ew_cfg(pixels * (ca + cb)),
                 self.bf16(a)?.ptr(),
                 self.bf16(b)?.ptr(),
                 y.ptr_mut(),

@@ -146,6 +146,11 @@ pub trait Device: Send + Sync {
     fn launch(&self, kernel: &KernelDef, cfg: LaunchCfg, args: &[KernelArg]) -> Result<()>;
     /// Wait until every launch has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Most blocks worth launching for a grid-stride kernel (any grid is correct for those).
+    /// A GPU wants many; the emulated device runs blocks one after another and pays for each.
+    fn grid_stride_blocks(&self) -> u32 {
+        8192
+    }
 }
 
 /// A typed device address of a read-only kernel parameter.

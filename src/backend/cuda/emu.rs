@@ -85,6 +85,9 @@ impl Device for EmuDevice {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    fn grid_stride_blocks(&self) -> u32 {
+        2
+    }
 }
 
 extern "C" {
