@@ -468,3 +468,20 @@ fn mismatched_shapes_are_errors_not_panics() {
         assert!(d.add(&host, &a).is_err(), "host tensors must be uploaded first");
     }
 }
+
+#[test]
+fn device_selection_falls_back_to_cpu_and_rejects_unknown_names() {
+    use uqengine::backend::cuda::select_backend;
+    let (b, msg) = select_backend("auto").unwrap();
+    if GpuDevice::new(0).is_err() {
+        assert_eq!(b.name(), "cpu");
+        assert!(msg.contains("no usable GPU"), "{msg}");
+    } else {
+        assert!(b.name().starts_with("cuda:0"), "{}", b.name());
+    }
+    assert_eq!(select_backend("cpu").unwrap().0.name(), "cpu");
+    assert!(select_backend("cuda:x").is_err());
+    assert!(select_backend("tpu").is_err());
+    assert!(select_backend("cuda:99").is_err(), "a missing GPU is an error, never a panic");
+    assert_eq!(select_backend("emu").is_ok(), cfg!(feature = "emu"));
+}
