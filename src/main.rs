@@ -43,7 +43,8 @@ enum Command {
 
 #[derive(Args)]
 struct DeviceArgs {
-    /// Compute device: auto, cpu, cuda[:N].
+    /// Compute device: auto (a GPU when one is usable, else the CPU), cpu, cuda[:N], or emu
+    /// (the CUDA kernels emulated on the CPU; builds with the `emu` feature).
     #[arg(long, default_value = "auto")]
     device: String,
     /// CPU threads (default: all cores).
@@ -212,17 +213,11 @@ fn select_device(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
         }
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
     }
-    match args.device.as_str() {
-        "cpu" => Ok(Arc::new(CpuBackend::new())),
-        "auto" => {
-            eprintln!("device auto: no usable CUDA device in this build; using the CPU backend");
-            Ok(Arc::new(CpuBackend::new()))
-        }
-        d if d == "cuda" || d.starts_with("cuda:") => {
-            bail!("--device {d}: this build has no CUDA backend yet; use --device cpu")
-        }
-        d => bail!("--device {d}: unknown device (expected auto, cpu or cuda[:N])"),
+    let (b, msg) = uqengine::backend::cuda::select_backend(&args.device)?;
+    if args.device == "auto" || args.device.starts_with("cuda") {
+        eprintln!("{msg}");
     }
+    Ok(b)
 }
 
 fn model_dir(m: &Option<PathBuf>) -> Result<PathBuf> {
