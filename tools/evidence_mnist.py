@@ -39,6 +39,7 @@ import csv
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -90,9 +91,13 @@ def run_sampler(a, sample_dir):
         if val is not None:
             cmd += [flag, str(val)]
     print("$ " + " ".join(cmd), flush=True)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     subprocess.run(cmd, check=True)
-    return cmd, time.time() - t0
+    wall = time.time() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return cmd, wall, cpu
 
 
 def read_scores(path):
@@ -211,9 +216,15 @@ def main():
     sample_dir = os.path.join(a.out, "samples")
 
     if a.reuse:
-        cmd, t_sample = None, None
+        cmd, t_sample, cpu_sample = None, None, None
     else:
-        cmd, t_sample = run_sampler(a, sample_dir)
+        posterior = a.posterior
+        if posterior is None and a.model is None:
+            posterior = os.path.join(ROOT, "assets", "demo", "posterior.safetensors")
+        if posterior is None or not os.path.exists(posterior):
+            raise SystemExit(f"no posterior ({posterior or 'pass --posterior'}): the scores need "
+                             "one; tools/fit_demo_posterior.sh writes the demo model's")
+        cmd, t_sample, cpu_sample = run_sampler(a, sample_dir)
     t0 = time.time()
     summary = json.load(open(os.path.join(sample_dir, "summary.json")))
     if not summary.get("uncertainty"):
@@ -269,6 +280,8 @@ def main():
     timing = {
         "sample_wall_s": t_sample,
         "sample_s_per_sample": None if t_sample is None else t_sample / num,
+        "sample_cpu_s": cpu_sample,
+        "sample_cpu_s_per_sample": None if cpu_sample is None else cpu_sample / num,
         "uqengine_seconds_total": summary.get("seconds_total"),
         "evaluation_wall_s": t_eval,
         "members_per_sample": members,
@@ -316,7 +329,8 @@ def main():
     ]
     if t_sample is not None:
         lines.append(f"Wall time: sampling {t_sample:.1f} s ({t_sample / num:.3f} s/sample with "
-                     f"K = {members}), evaluation {t_eval:.1f} s.")
+                     f"K = {members}; CPU time {cpu_sample / num:.3f} s/sample), evaluation "
+                     f"{t_eval:.1f} s.")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "evidence.md"), "w") as f:
         f.write(md)
