@@ -15,7 +15,8 @@ use uqengine::models::weights::Weights;
 use uqengine::rng::{Purpose, Stream};
 
 fn main() {
-    let mut config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/ddpm_cifar10_32_config.json");
+    let mut config =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/ddpm_cifar10_32_config.json");
     let mut batch = 16usize;
     let mut iters = 5usize;
     let mut json: Option<PathBuf> = None;
@@ -51,7 +52,9 @@ fn main() {
     Stream::new(1, 0, Purpose::InitialNoise, 0).fill_normal(&mut x);
     let xt = b.upload(&[batch, s, s, c], &x).unwrap();
     let t: Vec<f32> = (0..batch).map(|i| ((i * 997) % 1000) as f32).collect();
-    let cls: Option<Vec<usize>> = cfg.num_class_embeds.map(|n| (0..batch).map(|i| i % n).collect());
+    let cls: Option<Vec<usize>> = cfg
+        .num_class_embeds
+        .map(|n| (0..batch).map(|i| i % n).collect());
     // Warm-up.
     let y = unet.forward(&b, &xt, &t, cls.as_deref()).unwrap();
     assert!(b.download(&y).unwrap().iter().all(|v| v.is_finite()));

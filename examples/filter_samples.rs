@@ -18,8 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<PathBuf> = std::env::args().skip(1).map(PathBuf::from).collect();
     let (model, posterior, extractor, out) = match args.as_slice() {
         [m, p, e, o] => (m.clone(), p.clone(), e.clone(), o.clone()),
-        [] => (demo.join("unet"), demo.join("posterior.safetensors"), demo.join("clip"), PathBuf::from("out-example")),
-        _ => return Err("usage: filter_samples [MODEL_DIR POSTERIOR EXTRACTOR_DIR OUT_DIR]".into()),
+        [] => (
+            demo.join("unet"),
+            demo.join("posterior.safetensors"),
+            demo.join("clip"),
+            PathBuf::from("out-example"),
+        ),
+        _ => {
+            return Err("usage: filter_samples [MODEL_DIR POSTERIOR EXTRACTOR_DIR OUT_DIR]".into())
+        }
     };
 
     let mut uncertainty = UncertaintySettings::new(posterior, extractor);
@@ -38,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scheduler_overrides: vec![],
         overwrite: true,
         uncertainty: Some(uncertainty),
+        max_samples_per_pass: None,
     };
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let report = job.run(backend, &mut |p| {
@@ -45,13 +53,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("{m}");
         }
     })?;
-    println!("{} samples x {} members in {:.1} s", report.num, report.members, report.seconds);
+    println!(
+        "{} samples x {} members in {:.1} s",
+        report.num, report.members, report.seconds
+    );
 
     // The score table, most certain first.
     let mut rows = read_csv(&out.join("scores.csv"))?;
     rows.sort_by_key(|r| r.rank);
     for r in rows.iter().take(5) {
-        println!("rank {:>2}: sample {:05} (class {:?}) uncertainty {:.3}", r.rank, r.index, r.class, r.uncertainty);
+        println!(
+            "rank {:>2}: sample {:05} (class {:?}) uncertainty {:.3}",
+            r.rank, r.index, r.class, r.uncertainty
+        );
     }
     println!("kept: {}", out.join("keep").display());
     Ok(())

@@ -35,7 +35,10 @@ pub fn find_scheduler_config(model_dir: &Path) -> Option<PathBuf> {
 
 /// Load the model's scheduler config (diffusers defaults when it has none) and apply
 /// `key=value` overrides.
-pub fn scheduler_config(model_dir: &Path, overrides: &[(String, String)]) -> Result<(SchedulerConfig, Option<PathBuf>)> {
+pub fn scheduler_config(
+    model_dir: &Path,
+    overrides: &[(String, String)],
+) -> Result<(SchedulerConfig, Option<PathBuf>)> {
     let path = find_scheduler_config(model_dir);
     let mut cfg = match &path {
         Some(p) => SchedulerConfig::from_file(p)?,
@@ -78,6 +81,22 @@ pub struct SampleJob {
     pub overwrite: bool,
     /// Score every sample by its generative uncertainty (needs a posterior and an extractor).
     pub uncertainty: Option<UncertaintySettings>,
+    /// Samples per pass through the model (each pass runs `K` members of each). `None`: plan it
+    /// from the backend's memory budget ([`plan_pass`]): a whole batch where it fits, otherwise
+    /// the batch is split into passes instead of running out of memory.
+    pub max_samples_per_pass: Option<usize>,
+}
+
+/// Samples per pass so that `k` members of each fit in 80 % of `budget` bytes, given the
+/// model's activation bytes per member; the whole `batch` when there is no budget.
+pub fn plan_pass(budget: Option<u64>, bytes_per_member: u64, k: usize, batch: usize) -> usize {
+    match budget {
+        None => batch,
+        Some(free) => {
+            let per_sample = bytes_per_member.max(1) * k as u64;
+            ((free / 10 * 8 / per_sample) as usize).clamp(1, batch)
+        }
+    }
 }
 
 /// Settings of the uncertainty part of a sample run.
@@ -116,17 +135,37 @@ impl UncertaintySettings {
 
 /// Features `[n, D]` of final samples (NHWC, model space [-1, 1]) from the extractor: 8-bit
 /// quantised first when `quantize`, otherwise mapped to [0, 1] in float.
-pub fn extract_features(clip: &ClipVision, x: &[f32], n: usize, s: usize, c: usize, quantize: bool) -> Result<Vec<f32>> {
+pub fn extract_features(
+    clip: &ClipVision,
+    x: &[f32],
+    n: usize,
+    s: usize,
+    c: usize,
+    quantize: bool,
+) -> Result<Vec<f32>> {
     let per = s * s * c;
     let t = if quantize {
-        let bytes: Vec<Vec<u8>> = (0..n).map(|i| images_out::to_u8(&x[i * per..(i + 1) * per])).collect();
-        let imgs = bytes.iter().map(|b| HwcImage::new(s, s, c, b)).collect::<Result<Vec<_>>>()?;
+        let bytes: Vec<Vec<u8>> = (0..n)
+            .map(|i| images_out::to_u8(&x[i * per..(i + 1) * per]))
+            .collect();
+        let imgs = bytes
+            .iter()
+            .map(|b| HwcImage::new(s, s, c, b))
+            .collect::<Result<Vec<_>>>()?;
         clip.embed_images_u8(&imgs)?
     } else {
         let floats: Vec<Vec<f32>> = (0..n)
-            .map(|i| x[i * per..(i + 1) * per].iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect())
+            .map(|i| {
+                x[i * per..(i + 1) * per]
+                    .iter()
+                    .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+                    .collect()
+            })
             .collect();
-        let imgs = floats.iter().map(|b| HwcImage::new(s, s, c, b)).collect::<Result<Vec<_>>>()?;
+        let imgs = floats
+            .iter()
+            .map(|b| HwcImage::new(s, s, c, b))
+            .collect::<Result<Vec<_>>>()?;
         clip.embed_images_f32(&imgs)?
     };
     clip.backend().download(&t)
@@ -190,7 +229,11 @@ impl SampleJob {
     }
 
     /// Run the job on `backend`, reporting progress through `progress`.
-    pub fn run(&self, backend: Arc<dyn Backend>, progress: &mut dyn FnMut(Progress)) -> Result<JobReport> {
+    pub fn run(
+        &self,
+        backend: Arc<dyn Backend>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<JobReport> {
         let started = Instant::now();
         self.validate()?;
         let unet = UNet::load(backend.as_ref(), &self.model_dir)?;
@@ -217,8 +260,9 @@ impl SampleJob {
             None => None,
         };
         // Classes are resolved (and checked) before any work starts.
-        let classes: Vec<Option<usize>> =
-            (0..self.num).map(|i| class_of(&unet, &self.classes, self.seed, i)).collect::<Result<_>>()?;
+        let classes: Vec<Option<usize>> = (0..self.num)
+            .map(|i| class_of(&unet, &self.classes, self.seed, i))
+            .collect::<Result<_>>()?;
 
         // Uncertainty: posterior members and the feature extractor, checked before any work.
         let mut gen = Generator::plain(backend.as_ref(), &unet, &sampler, self.seed);
@@ -241,11 +285,26 @@ impl SampleJob {
             }
         };
         let k = gen.k();
+        let per_member = unet.activation_elements_per_sample() * backend.activation_bytes();
+        let pass = match self.max_samples_per_pass {
+            Some(p) => p.clamp(1, self.batch),
+            None => plan_pass(backend.memory_budget(), per_member, k, self.batch),
+        };
+        if pass < self.batch {
+            progress(Progress::Message(format!(
+                "batches of {} samples x {k} members need about {:.1} GB on {}; running them in passes of {pass}",
+                self.batch,
+                (per_member * (self.batch * k) as u64) as f64 / 1e9,
+                backend.name()
+            )));
+        }
 
         // Output folders.
         let out = &self.out_dir;
         if out.exists() && !self.overwrite {
-            let nonempty = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true);
+            let nonempty = std::fs::read_dir(out)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true);
             if nonempty {
                 return Err(Error::arg(format!(
                     "output folder {} already exists and is not empty (use --overwrite to replace it)",
@@ -274,8 +333,14 @@ impl SampleJob {
         }
         let chunks = part.join("chunks");
         io(&chunks, std::fs::create_dir_all(&chunks))?;
-        io(&part.join("images"), std::fs::create_dir_all(part.join("images")))?;
-        npy::write_atomic(&run_json, serde_json::to_string_pretty(&identity).unwrap().as_bytes())?;
+        io(
+            &part.join("images"),
+            std::fs::create_dir_all(part.join("images")),
+        )?;
+        npy::write_atomic(
+            &run_json,
+            serde_json::to_string_pretty(&identity).unwrap().as_bytes(),
+        )?;
 
         // Batches (fixed boundaries, so a resumed run finds its finished chunks).
         let starts: Vec<usize> = (0..self.num).step_by(self.batch).collect();
@@ -286,7 +351,10 @@ impl SampleJob {
             .map(|&st| (st + self.batch).min(self.num) - st)
             .sum();
         if done > 0 {
-            progress(Progress::Message(format!("resuming: {done} of {} samples already done", self.num)));
+            progress(Progress::Message(format!(
+                "resuming: {done} of {} samples already done",
+                self.num
+            )));
         }
         progress(Progress::Start {
             total: (self.num * self.steps) as u64,
@@ -310,17 +378,34 @@ impl SampleJob {
                 })
                 .collect();
             let input = BatchInput {
-                classes: cfg.num_class_embeds.map(|_| indices.iter().map(|&i| classes[i].unwrap_or(0)).collect()),
+                classes: cfg
+                    .num_class_embeds
+                    .map(|_| indices.iter().map(|&i| classes[i].unwrap_or(0)).collect()),
                 indices: indices.clone(),
                 noise,
             };
-            let nb = indices.len() as u64;
-            let x = gen.run(&input, |_| progress(Progress::Advance(nb)))?;
+            let mut x = Vec::with_capacity(indices.len() * k * per);
+            for lo in (0..indices.len()).step_by(pass) {
+                let hi = (lo + pass).min(indices.len());
+                let part_input = BatchInput {
+                    indices: input.indices[lo..hi].to_vec(),
+                    classes: input.classes.as_ref().map(|c| c[lo..hi].to_vec()),
+                    noise: input.noise[lo..hi].to_vec(),
+                };
+                let nb = (hi - lo) as u64;
+                x.extend(gen.run(&part_input, |_| progress(Progress::Advance(nb)))?);
+            }
             // Images of the MAP member, features and member images, then the chunk (its
             // presence marks the batch done).
             for (j, &i) in indices.iter().enumerate() {
                 let img = &x[(j * k) * per..(j * k + 1) * per];
-                images_out::write_png(&part.join("images").join(format!("{i:05}.png")), &images_out::to_u8(img), s, s, c)?;
+                images_out::write_png(
+                    &part.join("images").join(format!("{i:05}.png")),
+                    &images_out::to_u8(img),
+                    s,
+                    s,
+                    c,
+                )?;
             }
             if let Some((u, _, clip)) = &uq {
                 let t0 = Instant::now();
@@ -339,7 +424,11 @@ impl SampleJob {
                     }
                 }
             }
-            npy::write_f32(&path, &[indices.len() * k, c, s, s], &nhwc_to_nchw(&x, indices.len() * k, s, s, c))?;
+            npy::write_f32(
+                &path,
+                &[indices.len() * k, c, s, s],
+                &nhwc_to_nchw(&x, indices.len() * k, s, s, c),
+            )?;
         }
         let sample_seconds = sample_started.elapsed().as_secs_f64();
 
@@ -349,14 +438,22 @@ impl SampleJob {
             let a = npy::read(&chunk_path(st))?;
             let n = (st + self.batch).min(self.num) - st;
             if a.shape != [n * k, c, s, s] {
-                return Err(Error::arg(format!("{}: unexpected shape {:?}", chunk_path(st).display(), a.shape)));
+                return Err(Error::arg(format!(
+                    "{}: unexpected shape {:?}",
+                    chunk_path(st).display(),
+                    a.shape
+                )));
             }
             let v = a.to_f32();
             for j in 0..n {
                 map_samples.extend_from_slice(&v[(j * k) * per..(j * k + 1) * per]);
             }
         }
-        npy::write_f32(&part.join("samples.npy"), &[self.num, c, s, s], &map_samples)?;
+        npy::write_f32(
+            &part.join("samples.npy"),
+            &[self.num, c, s, s],
+            &map_samples,
+        )?;
 
         // Scores over [N, K, D] in one reduction, tables, contact sheet, kept set.
         let mut uq_summary = serde_json::Value::Null;
@@ -368,11 +465,18 @@ impl SampleJob {
                 feats.extend(a.to_f32());
             }
             if feats.len() != self.num * k * d {
-                return Err(Error::arg(format!("{}: feature chunks hold {} values, expected {}", chunks.display(), feats.len(), self.num * k * d)));
+                return Err(Error::arg(format!(
+                    "{}: feature chunks hold {} values, expected {}",
+                    chunks.display(),
+                    feats.len(),
+                    self.num * k * d
+                )));
             }
             let scores_v = gaussian_entropy(&feats, self.num, k, d, &u.entropy)?;
             let indices: Vec<usize> = (0..self.num).collect();
-            let cls: Option<Vec<usize>> = cfg.num_class_embeds.map(|_| classes.iter().map(|c| c.unwrap_or(0)).collect());
+            let cls: Option<Vec<usize>> = cfg
+                .num_class_embeds
+                .map(|_| classes.iter().map(|c| c.unwrap_or(0)).collect());
             let rows = scores::rows_from_scores(&indices, self.seed, cls.as_deref(), &scores_v)?;
             let meta = json!({
                 "estimator": "gaussian_entropy",
@@ -385,7 +489,20 @@ impl SampleJob {
             scores::write_csv(&part.join("scores.csv"), &rows)?;
             scores::write_json(&part.join("scores.json"), &rows, meta.clone())?;
             let thumbs: Vec<(Vec<u8>, usize, usize, usize)> = (0..self.num)
-                .map(|i| (images_out::to_u8(&nchw_to_nhwc(&map_samples[i * per..(i + 1) * per], 1, c, s, s)), s, s, c))
+                .map(|i| {
+                    (
+                        images_out::to_u8(&nchw_to_nhwc(
+                            &map_samples[i * per..(i + 1) * per],
+                            1,
+                            c,
+                            s,
+                            s,
+                        )),
+                        s,
+                        s,
+                        c,
+                    )
+                })
                 .collect();
             let order = order_ascending(&scores_v);
             let columns = (self.num as f64).sqrt().ceil().clamp(1.0, 16.0) as usize;
@@ -406,7 +523,10 @@ impl SampleJob {
                 io(&kd, std::fs::create_dir_all(&kd))?;
                 for i in &kept {
                     let name = format!("{i:05}.png");
-                    io(&kd, std::fs::copy(part.join("images").join(&name), kd.join(&name)))?;
+                    io(
+                        &kd,
+                        std::fs::copy(part.join("images").join(&name), kd.join(&name)),
+                    )?;
                 }
             }
             if u.save_members {
@@ -445,7 +565,10 @@ impl SampleJob {
             "seconds_sampling": sample_seconds,
             "seconds_total": started.elapsed().as_secs_f64(),
         });
-        npy::write_atomic(&part.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap().as_bytes())?;
+        npy::write_atomic(
+            &part.join("summary.json"),
+            serde_json::to_string_pretty(&summary).unwrap().as_bytes(),
+        )?;
         io(&chunks, std::fs::remove_dir_all(&chunks))?;
         io(&run_json, std::fs::remove_file(&run_json))?;
         if out.exists() {
@@ -484,7 +607,12 @@ impl ScoreJob {
         let set = members::scan_members(&self.members_dir)?;
         let clip = ClipVision::load(backend, &self.extractor)?;
         let out = &self.out_dir;
-        if out.exists() && !self.overwrite && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if out.exists()
+            && !self.overwrite
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
             return Err(Error::arg(format!(
                 "output folder {} already exists and is not empty (use --overwrite to replace it)",
                 out.display()
@@ -511,7 +639,10 @@ impl ScoreJob {
                     imgs.push(img);
                 }
             }
-            let views = imgs.iter().map(|(p, h, w, c)| HwcImage::new(*h, *w, *c, p)).collect::<Result<Vec<_>>>()?;
+            let views = imgs
+                .iter()
+                .map(|(p, h, w, c)| HwcImage::new(*h, *w, *c, p))
+                .collect::<Result<Vec<_>>>()?;
             let t = clip.embed_images_u8(&views)?;
             feats.extend(clip.backend().download(&t)?);
         }
@@ -531,7 +662,15 @@ impl ScoreJob {
         npy::write_f32(&part.join("features.npy"), &[n, k, d], &feats)?;
         let order = order_ascending(&scores_v);
         let columns = (n as f64).sqrt().ceil().clamp(1.0, 16.0) as usize;
-        contact_sheet::write_contact_sheet(&part.join("contact_sheet.png"), &thumbs, &scores_v, &order, columns, 64, Some("most certain first"))?;
+        contact_sheet::write_contact_sheet(
+            &part.join("contact_sheet.png"),
+            &thumbs,
+            &scores_v,
+            &order,
+            columns,
+            64,
+            Some("most certain first"),
+        )?;
         if out.exists() {
             io(out, std::fs::remove_dir_all(out))?;
         }

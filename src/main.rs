@@ -19,11 +19,17 @@ use uqengine::uncertainty::EntropyOptions;
 
 /// The built-in demo: a class-conditional MNIST diffusion model shipped with the crate.
 fn demo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("demo")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join("demo")
 }
 
 #[derive(Parser)]
-#[command(name = "uqengine", version, about = "Diffusion sampling with generative uncertainty")]
+#[command(
+    name = "uqengine",
+    version,
+    about = "Diffusion sampling with generative uncertainty"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -194,7 +200,8 @@ struct InfoArgs {
 }
 
 /// With `UQENGINE_PROFILE=1`, every op of the run is timed and the table printed at exit.
-static PROFILE: std::sync::OnceLock<Arc<uqengine::backend::profile::Profiled>> = std::sync::OnceLock::new();
+static PROFILE: std::sync::OnceLock<Arc<uqengine::backend::profile::Profiled>> =
+    std::sync::OnceLock::new();
 
 fn backend(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
     let b = select_device(args)?;
@@ -211,7 +218,10 @@ fn select_device(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
         if t == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
     }
     let (b, msg) = uqengine::backend::cuda::select_backend(&args.device)?;
     if args.device == "auto" || args.device.starts_with("cuda") {
@@ -226,7 +236,10 @@ fn model_dir(m: &Option<PathBuf>) -> Result<PathBuf> {
         None => {
             let d = demo_dir().join("unet");
             if !d.join("config.json").exists() {
-                bail!("no --model given and the built-in demo model is missing at {}", d.display());
+                bail!(
+                    "no --model given and the built-in demo model is missing at {}",
+                    d.display()
+                );
             }
             Ok(d)
         }
@@ -267,7 +280,11 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         Some(c) => {
             let list: Vec<usize> = c
                 .split(',')
-                .map(|x| x.trim().parse::<usize>().with_context(|| format!("--class {c}: `{x}` is not a class index")))
+                .map(|x| {
+                    x.trim()
+                        .parse::<usize>()
+                        .with_context(|| format!("--class {c}: `{x}` is not a class index"))
+                })
                 .collect::<Result<_>>()?;
             if list.len() == 1 {
                 ClassChoice::Fixed(list[0])
@@ -300,15 +317,20 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     } else {
         let posterior = match (&a.posterior, builtin) {
             (Some(p), _) => Some(p.clone()),
-            (None, true) if demo_dir().join("posterior.safetensors").exists() => Some(demo_dir().join("posterior.safetensors")),
+            (None, true) if demo_dir().join("posterior.safetensors").exists() => {
+                Some(demo_dir().join("posterior.safetensors"))
+            }
             _ => None,
         };
         match posterior {
             None => None,
             Some(p) => {
-                let mut u = UncertaintySettings::new(p, extractor_dir(&a.features.extractor, builtin)?);
+                let mut u =
+                    UncertaintySettings::new(p, extractor_dir(&a.features.extractor, builtin)?);
                 u.draws = a.draws;
-                u.entropy = EntropyOptions { sigma2: a.features.sigma2 };
+                u.entropy = EntropyOptions {
+                    sigma2: a.features.sigma2,
+                };
                 u.quantize = !a.features.no_quantize;
                 u.keep = a.keep;
                 u.save_members = a.save_members;
@@ -332,6 +354,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         scheduler_overrides: parse_overrides(&a.scheduler)?,
         overwrite: a.overwrite,
         uncertainty,
+        max_samples_per_pass: None,
     };
     let (bar, mut on_progress) = progress_bar();
     let report = job.run(be.clone(), &mut on_progress)?;
@@ -352,7 +375,9 @@ fn extractor_dir(e: &Option<PathBuf>, builtin: bool) -> Result<PathBuf> {
     match (e, builtin) {
         (Some(p), _) => Ok(p.clone()),
         (None, true) => Ok(demo_dir().join("clip")),
-        (None, false) => bail!("--extractor DIR is required (a CLIPVisionModelWithProjection directory)"),
+        (None, false) => {
+            bail!("--extractor DIR is required (a CLIPVisionModelWithProjection directory)")
+        }
     }
 }
 
@@ -360,7 +385,10 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
     let be = backend(&a.device)?;
     let dir = model_dir(&a.model)?;
     if a.out.exists() && !a.overwrite {
-        bail!("{} already exists (use --overwrite to replace it)", a.out.display());
+        bail!(
+            "{} already exists (use --overwrite to replace it)",
+            a.out.display()
+        );
     }
     if a.batch == 0 {
         bail!("--batch must be at least 1");
@@ -381,11 +409,23 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({eta})").unwrap());
-    let post = uqengine::laplace::fit(be.as_ref(), &unet, &sched.alphas_cumprod(), &set, &opts, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({eta})",
+        )
+        .unwrap(),
+    );
+    let post = uqengine::laplace::fit(
+        be.as_ref(),
+        &unet,
+        &sched.alphas_cumprod(),
+        &set,
+        &opts,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     post.save(&a.out)?;
     let secs = started.elapsed().as_secs_f64();
@@ -412,12 +452,19 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         members_dir: a.members.clone(),
         out_dir: a.out.clone(),
         extractor: extractor_dir(&a.features.extractor, false)?,
-        entropy: EntropyOptions { sigma2: a.features.sigma2 },
+        entropy: EntropyOptions {
+            sigma2: a.features.sigma2,
+        },
         seed: a.seed,
         overwrite: a.overwrite,
     };
     let r = job.run(be.clone())?;
-    println!("scored {} samples ({} members each) into {}", r.num, r.members, r.out_dir.display());
+    println!(
+        "scored {} samples ({} members each) into {}",
+        r.num,
+        r.members,
+        r.out_dir.display()
+    );
     Ok(())
 }
 

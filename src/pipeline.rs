@@ -28,11 +28,20 @@ pub enum ClassChoice {
 }
 
 /// The class label of sample `index`, or `None` for an unconditional model.
-pub fn class_of(unet: &UNet, choice: &ClassChoice, seed: u64, index: usize) -> Result<Option<usize>> {
+pub fn class_of(
+    unet: &UNet,
+    choice: &ClassChoice,
+    seed: u64,
+    index: usize,
+) -> Result<Option<usize>> {
     let Some(n) = unet.config.num_class_embeds else {
         return match choice {
-            ClassChoice::Fixed(c) => Err(Error::arg(format!("--class {c} given, but the model is not class-conditional"))),
-            ClassChoice::List(_) => Err(Error::arg("--class given, but the model is not class-conditional")),
+            ClassChoice::Fixed(c) => Err(Error::arg(format!(
+                "--class {c} given, but the model is not class-conditional"
+            ))),
+            ClassChoice::List(_) => Err(Error::arg(
+                "--class given, but the model is not class-conditional",
+            )),
             _ => Ok(None),
         };
     };
@@ -42,14 +51,19 @@ pub fn class_of(unet: &UNet, choice: &ClassChoice, seed: u64, index: usize) -> R
             *c
         }
         ClassChoice::List(l) => {
-            let c = *l
-                .get(index)
-                .ok_or_else(|| Error::arg(format!("--class lists {} classes; sample {index} has none", l.len())))?;
+            let c = *l.get(index).ok_or_else(|| {
+                Error::arg(format!(
+                    "--class lists {} classes; sample {index} has none",
+                    l.len()
+                ))
+            })?;
             crate::models::unet::config::check_class(&unet.config, c)?;
             c
         }
         ClassChoice::Balanced => index % n,
-        ClassChoice::Random => Stream::new(seed, index as u64, Purpose::Class, 0).below(n as u32) as usize,
+        ClassChoice::Random => {
+            Stream::new(seed, index as u64, Purpose::Class, 0).below(n as u32) as usize
+        }
     }))
 }
 
@@ -87,7 +101,12 @@ pub struct Generator<'a> {
 
 impl<'a> Generator<'a> {
     /// A plain generator (one member: the model's own last layer).
-    pub fn plain(backend: &'a dyn Backend, unet: &'a UNet, sampler: &'a Sampler, seed: u64) -> Self {
+    pub fn plain(
+        backend: &'a dyn Backend,
+        unet: &'a UNet,
+        sampler: &'a Sampler,
+        seed: u64,
+    ) -> Self {
         Generator {
             backend,
             unet,
@@ -113,7 +132,9 @@ impl<'a> Generator<'a> {
         let k = self.k();
         let nb = input.indices.len();
         if input.noise.len() != nb || input.noise.iter().any(|z| z.len() != per) {
-            return Err(Error::arg(format!("batch noise must be {nb} arrays of {per} values")));
+            return Err(Error::arg(format!(
+                "batch noise must be {nb} arrays of {per} values"
+            )));
         }
         let mut x = Vec::with_capacity(nb * k * per);
         for z in &input.noise {

@@ -69,7 +69,12 @@ impl Tensor {
     }
     /// Same storage, another shape with the same element count.
     pub fn reshape(&self, shape: Vec<usize>) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), self.numel(), "reshape {:?} -> {shape:?}", self.shape);
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.numel(),
+            "reshape {:?} -> {shape:?}",
+            self.shape
+        );
         Tensor {
             shape,
             storage: self.storage.clone(),
@@ -77,7 +82,12 @@ impl Tensor {
     }
     /// Dims of an NHWC tensor.
     pub fn nhwc(&self) -> (usize, usize, usize, usize) {
-        assert_eq!(self.shape.len(), 4, "expected NHWC tensor, got {:?}", self.shape);
+        assert_eq!(
+            self.shape.len(),
+            4,
+            "expected NHWC tensor, got {:?}",
+            self.shape
+        );
         (self.shape[0], self.shape[1], self.shape[2], self.shape[3])
     }
 }

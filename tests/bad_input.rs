@@ -20,7 +20,11 @@ fn copy_model(tmp: &Path) -> PathBuf {
     let src = fixture(MODEL);
     let dst = tmp.join("model");
     std::fs::create_dir_all(dst.join("scheduler")).unwrap();
-    for f in ["config.json", "diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"] {
+    for f in [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
     dst
@@ -42,7 +46,11 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Vec<usize
         .tensors()
         .into_iter()
         .map(|(n, v)| {
-            let data = v.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+            let data = v
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
             (n, (v.shape().to_vec(), data))
         })
         .collect();
@@ -51,8 +59,15 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Vec<usize
         .into_iter()
         .map(|(n, (s, d))| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
-    let views: Vec<(String, TensorView)> =
-        raw.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> = raw
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -78,7 +93,10 @@ fn corrupted_safetensors_header_names_the_file() {
     }
     std::fs::write(&p, &bytes).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,10 +104,14 @@ fn missing_tensor_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_model(tmp.path());
     rewrite_weights(&dir, |m| {
-        m.remove("mid_block.attentions.0.to_k.weight").expect("fixture has the tensor");
+        m.remove("mid_block.attentions.0.to_k.weight")
+            .expect("fixture has the tensor");
     });
     let e = load_err(&dir);
-    assert!(e.contains("missing tensor") && e.contains("mid_block.attentions.0.to_k.weight"), "{e}");
+    assert!(
+        e.contains("missing tensor") && e.contains("mid_block.attentions.0.to_k.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -103,16 +125,24 @@ fn wrong_shape_names_key_and_shapes() {
         d.truncate(n);
     });
     let e = load_err(&dir);
-    assert!(e.contains("conv_in.weight") && e.contains("expected [16, 1, 3, 3]"), "{e}");
+    assert!(
+        e.contains("conv_in.weight") && e.contains("expected [16, 1, 3, 3]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn non_finite_weight_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_model(tmp.path());
-    rewrite_weights(&dir, |m| m.get_mut("conv_out.bias").unwrap().1[0] = f32::NAN);
+    rewrite_weights(&dir, |m| {
+        m.get_mut("conv_out.bias").unwrap().1[0] = f32::NAN
+    });
     let e = load_err(&dir);
-    assert!(e.contains("conv_out.bias") && e.contains("non-finite"), "{e}");
+    assert!(
+        e.contains("conv_out.bias") && e.contains("non-finite"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,12 +151,16 @@ fn malformed_json_names_the_file() {
     let dir = copy_model(tmp.path());
     std::fs::write(dir.join("config.json"), "{\"sample_size\": 8,, }").unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("config.json") && e.contains("malformed JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("malformed JSON"),
+        "{e}"
+    );
 }
 
 fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     v[key] = value;
     std::fs::write(&p, v.to_string()).unwrap();
 }
@@ -135,18 +169,37 @@ fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
 fn unknown_block_type_names_key_and_value() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_model(tmp.path());
-    edit_config(&dir, "down_block_types", serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"]));
+    edit_config(
+        &dir,
+        "down_block_types",
+        serde_json::json!(["DownBlock2D", "CrossAttnDownBlock2D"]),
+    );
     let e = load_err(&dir);
-    assert!(e.contains("down_block_types") && e.contains("CrossAttnDownBlock2D"), "{e}");
+    assert!(
+        e.contains("down_block_types") && e.contains("CrossAttnDownBlock2D"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unsupported_config_values_name_key_and_value() {
     for (key, value, shown) in [
         ("act_fn", serde_json::json!("gelu"), "gelu"),
-        ("resnet_time_scale_shift", serde_json::json!("scale_shift"), "scale_shift"),
-        ("time_embedding_type", serde_json::json!("fourier"), "fourier"),
-        ("class_embed_type", serde_json::json!("timestep"), "timestep"),
+        (
+            "resnet_time_scale_shift",
+            serde_json::json!("scale_shift"),
+            "scale_shift",
+        ),
+        (
+            "time_embedding_type",
+            serde_json::json!("fourier"),
+            "fourier",
+        ),
+        (
+            "class_embed_type",
+            serde_json::json!("timestep"),
+            "timestep",
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = copy_model(tmp.path());
@@ -157,8 +210,14 @@ fn unsupported_config_values_name_key_and_value() {
 }
 
 fn uqengine(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_uqengine")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_uqengine"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -167,11 +226,25 @@ fn class_out_of_range_fails_without_output() {
     let out = tmp.path().join("out");
     let model = fixture(MODEL);
     let (ok, err) = uqengine(&[
-        "sample", "--model", model.to_str().unwrap(), "--num", "2", "--steps", "2", "--class", "10", "--out",
-        out.to_str().unwrap(), "--device", "cpu",
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--num",
+        "2",
+        "--steps",
+        "2",
+        "--class",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(!ok);
-    assert!(err.contains("class 10") && err.contains("10 classes"), "{err}");
+    assert!(
+        err.contains("class 10") && err.contains("10 classes"),
+        "{err}"
+    );
     assert!(!out.exists() && !tmp.path().join("out.partial").exists());
 }
 
@@ -181,7 +254,15 @@ fn num_zero_fails_without_output() {
     let out = tmp.path().join("out");
     let model = fixture(MODEL);
     let (ok, err) = uqengine(&[
-        "sample", "--model", model.to_str().unwrap(), "--num", "0", "--out", out.to_str().unwrap(), "--device", "cpu",
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--num",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(!ok);
     assert!(err.contains("--num") && err.contains("0"), "{err}");
@@ -197,7 +278,15 @@ fn broken_model_fails_without_output() {
     std::fs::write(&p, &bytes[..100]).unwrap();
     let out = tmp.path().join("out");
     let (ok, err) = uqengine(&[
-        "sample", "--model", dir.to_str().unwrap(), "--num", "2", "--out", out.to_str().unwrap(), "--device", "cpu",
+        "sample",
+        "--model",
+        dir.to_str().unwrap(),
+        "--num",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
     ]);
     assert!(!ok);
     assert!(err.contains("diffusion_pytorch_model.safetensors"), "{err}");

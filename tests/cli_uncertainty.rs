@@ -15,8 +15,18 @@ const MODEL: &str = "unet/gray_cond_multihead_f16/model";
 const CLIP: &str = "clip/gray_gelu_f16/model";
 
 fn uq(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_uqengine")).args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env!("CARGO_BIN_EXE_uqengine"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A class-folder image set of `n` random 8x8 grayscale PNGs (fixed seed).
@@ -27,10 +37,13 @@ fn image_folder(root: &Path, n: usize, size: u32) -> PathBuf {
         let class = i % 10;
         std::fs::create_dir_all(dir.join(class.to_string())).unwrap();
         let img = image::GrayImage::from_fn(size, size, |_, _| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             image::Luma([(state >> 56) as u8])
         });
-        img.save(dir.join(class.to_string()).join(format!("{i:03}.png"))).unwrap();
+        img.save(dir.join(class.to_string()).join(format!("{i:03}.png")))
+            .unwrap();
     }
     dir
 }
@@ -48,17 +61,56 @@ fn fit_sample_score_end_to_end() {
     for hessian in ["ef-diag", "ggn-kron"] {
         let post = tmp.path().join(format!("{hessian}.safetensors"));
         let (ok, log) = uq(&[
-            "fit", "--model", s(&model), "--data", s(&data), "--out", s(&post), "--hessian", hessian, "--batch", "8",
-            "--device", "cpu",
+            "fit",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&post),
+            "--hessian",
+            hessian,
+            "--batch",
+            "8",
+            "--device",
+            "cpu",
         ]);
         assert!(ok, "fit: {log}");
         let out = tmp.path().join(format!("run-{hessian}"));
         let (ok, log) = uq(&[
-            "sample", "--model", s(&model), "--posterior", s(&post), "--extractor", s(&clip), "--num", "6", "--steps",
-            "5", "--draws", "3", "--batch", "4", "--keep", "2", "--save-members", "--out", s(&out), "--device", "cpu",
+            "sample",
+            "--model",
+            s(&model),
+            "--posterior",
+            s(&post),
+            "--extractor",
+            s(&clip),
+            "--num",
+            "6",
+            "--steps",
+            "5",
+            "--draws",
+            "3",
+            "--batch",
+            "4",
+            "--keep",
+            "2",
+            "--save-members",
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
         ]);
         assert!(ok, "sample: {log}");
-        for f in ["scores.csv", "scores.json", "summary.json", "contact_sheet.png", "keep.txt", "features.npy", "samples.npy"] {
+        for f in [
+            "scores.csv",
+            "scores.json",
+            "summary.json",
+            "contact_sheet.png",
+            "keep.txt",
+            "features.npy",
+            "samples.npy",
+        ] {
             assert!(out.join(f).exists(), "{hessian}: missing {f}");
         }
         assert_eq!(std::fs::read_dir(out.join("keep")).unwrap().count(), 2);
@@ -70,12 +122,25 @@ fn fit_sample_score_end_to_end() {
         assert_eq!(feats.shape[..2], [6, 4]);
         // Independent re-scoring from the saved member PNGs gives the same table.
         let rescored = tmp.path().join(format!("rescored-{hessian}"));
-        let (ok, log) = uq(&["score", "--members", s(&out.join("members")), "--extractor", s(&clip), "--out", s(&rescored), "--device", "cpu"]);
+        let (ok, log) = uq(&[
+            "score",
+            "--members",
+            s(&out.join("members")),
+            "--extractor",
+            s(&clip),
+            "--out",
+            s(&rescored),
+            "--device",
+            "cpu",
+        ]);
         assert!(ok, "score: {log}");
         let again = read_csv(&rescored.join("scores.csv")).unwrap();
         for (a, b) in rows.iter().zip(&again) {
             assert_eq!(a.index, b.index);
-            assert!((a.uncertainty - b.uncertainty).abs() <= 1e-6 * a.uncertainty.abs().max(1.0), "{a:?} vs {b:?}");
+            assert!(
+                (a.uncertainty - b.uncertainty).abs() <= 1e-6 * a.uncertainty.abs().max(1.0),
+                "{a:?} vs {b:?}"
+            );
             assert_eq!(a.rank, b.rank);
         }
     }
@@ -89,22 +154,64 @@ fn uncertainty_bad_input_is_rejected_without_output() {
     let other_model = fixture("unet/cifar_like_old_names_f32/model");
     let clip = fixture(CLIP);
     let post = tmp.path().join("post.safetensors");
-    assert!(uq(&["fit", "--model", s(&model), "--data", s(&data), "--out", s(&post), "--device", "cpu"]).0);
+    assert!(
+        uq(&[
+            "fit",
+            "--model",
+            s(&model),
+            "--data",
+            s(&data),
+            "--out",
+            s(&post),
+            "--device",
+            "cpu"
+        ])
+        .0
+    );
     let out = tmp.path().join("out");
     let check = |args: &[&str], needle: &str| {
         let (ok, log) = uq(args);
         assert!(!ok, "{args:?} should fail");
-        assert!(log.contains(needle), "{args:?}: expected `{needle}` in: {log}");
+        assert!(
+            log.contains(needle),
+            "{args:?}: expected `{needle}` in: {log}"
+        );
         assert!(!out.exists(), "{args:?} left {}", out.display());
     };
     // --draws 0
     check(
-        &["sample", "--model", s(&model), "--posterior", s(&post), "--extractor", s(&clip), "--draws", "0", "--num", "2", "--out", s(&out)],
+        &[
+            "sample",
+            "--model",
+            s(&model),
+            "--posterior",
+            s(&post),
+            "--extractor",
+            s(&clip),
+            "--draws",
+            "0",
+            "--num",
+            "2",
+            "--out",
+            s(&out),
+        ],
         "--draws",
     );
     // a posterior of another model
     check(
-        &["sample", "--model", s(&other_model), "--posterior", s(&post), "--extractor", s(&clip), "--num", "2", "--out", s(&out)],
+        &[
+            "sample",
+            "--model",
+            s(&other_model),
+            "--posterior",
+            s(&post),
+            "--extractor",
+            s(&clip),
+            "--num",
+            "2",
+            "--out",
+            s(&out),
+        ],
         "post.safetensors",
     );
     // a malformed extractor config
@@ -115,16 +222,44 @@ fn uncertainty_bad_input_is_rejected_without_output() {
     }
     std::fs::write(bad_clip.join("config.json"), "{\"hidden_size\": [}").unwrap();
     check(
-        &["sample", "--model", s(&model), "--posterior", s(&post), "--extractor", s(&bad_clip), "--num", "2", "--out", s(&out)],
+        &[
+            "sample",
+            "--model",
+            s(&model),
+            "--posterior",
+            s(&post),
+            "--extractor",
+            s(&bad_clip),
+            "--num",
+            "2",
+            "--out",
+            s(&out),
+        ],
         "config.json",
     );
     // an empty image folder and images smaller than the model
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let (ok, log) = uq(&["fit", "--model", s(&model), "--data", s(&empty), "--out", s(&tmp.path().join("p2.st"))]);
+    let (ok, log) = uq(&[
+        "fit",
+        "--model",
+        s(&model),
+        "--data",
+        s(&empty),
+        "--out",
+        s(&tmp.path().join("p2.st")),
+    ]);
     assert!(!ok && log.contains("empty"), "{log}");
     let small = image_folder(&tmp.path().join("small"), 3, 4);
-    let (ok, log) = uq(&["fit", "--model", s(&model), "--data", s(&small), "--out", s(&tmp.path().join("p3.st"))]);
+    let (ok, log) = uq(&[
+        "fit",
+        "--model",
+        s(&model),
+        "--data",
+        s(&small),
+        "--out",
+        s(&tmp.path().join("p3.st")),
+    ]);
     assert!(!ok && log.contains("smaller"), "{log}");
     assert!(!tmp.path().join("p2.st").exists() && !tmp.path().join("p3.st").exists());
 }

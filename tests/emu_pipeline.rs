@@ -15,8 +15,15 @@ use uqengine::io::npy;
 use uqengine::io::scores::read_csv;
 
 fn uq(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_uqengine")).args(args).output().unwrap();
-    assert!(out.status.success(), "uqengine {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_uqengine"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uqengine {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn s(p: &Path) -> &str {
@@ -32,29 +39,78 @@ fn emulated_cuda_pipeline_matches_cpu_pipeline() {
     let data = tmp.path().join("data");
     for i in 0..4u32 {
         std::fs::create_dir_all(data.join(format!("{i}"))).unwrap();
-        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([((x * 31 + y * 17 + i * 50) % 256) as u8]))
-            .save(data.join(format!("{i}/{i}.png")))
-            .unwrap();
+        image::GrayImage::from_fn(8, 8, |x, y| {
+            image::Luma([((x * 31 + y * 17 + i * 50) % 256) as u8])
+        })
+        .save(data.join(format!("{i}/{i}.png")))
+        .unwrap();
     }
     let post = tmp.path().join("post.safetensors");
-    uq(&["fit", "--model", s(&model), "--data", s(&data), "--out", s(&post), "--device", "cpu"]);
+    uq(&[
+        "fit",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&post),
+        "--device",
+        "cpu",
+    ]);
     let mut runs = Vec::new();
     for device in ["cpu", "emu"] {
         let out = tmp.path().join(device);
         uq(&[
-            "sample", "--model", s(&model), "--posterior", s(&post), "--extractor", s(&clip), "--num", "2", "--steps",
-            "2", "--draws", "2", "--save-members", "--out", s(&out), "--device", device,
+            "sample",
+            "--model",
+            s(&model),
+            "--posterior",
+            s(&post),
+            "--extractor",
+            s(&clip),
+            "--num",
+            "2",
+            "--steps",
+            "2",
+            "--draws",
+            "2",
+            "--save-members",
+            "--out",
+            s(&out),
+            "--device",
+            device,
         ]);
         runs.push(out);
     }
-    let samples: Vec<Vec<f32>> = runs.iter().map(|r| npy::read(&r.join("samples.npy")).unwrap().to_f32()).collect();
-    println!("samples: max abs diff {:.3e}", max_abs_diff(&samples[0], &samples[1]));
+    let samples: Vec<Vec<f32>> = runs
+        .iter()
+        .map(|r| npy::read(&r.join("samples.npy")).unwrap().to_f32())
+        .collect();
+    println!(
+        "samples: max abs diff {:.3e}",
+        max_abs_diff(&samples[0], &samples[1])
+    );
     assert_close("samples (emu vs cpu)", &samples[1], &samples[0], 3e-2, 3e-2);
-    let feats: Vec<Vec<f32>> = runs.iter().map(|r| npy::read(&r.join("features.npy")).unwrap().to_f32()).collect();
+    let feats: Vec<Vec<f32>> = runs
+        .iter()
+        .map(|r| npy::read(&r.join("features.npy")).unwrap().to_f32())
+        .collect();
     let scale = max_abs(&feats[0]);
-    println!("features: max abs diff {:.3e} (scale {scale:.3e})", max_abs_diff(&feats[0], &feats[1]));
-    assert_close("features (emu vs cpu)", &feats[1], &feats[0], 5e-2 * scale, 0.0);
-    let rows: Vec<_> = runs.iter().map(|r| read_csv(&r.join("scores.csv")).unwrap()).collect();
+    println!(
+        "features: max abs diff {:.3e} (scale {scale:.3e})",
+        max_abs_diff(&feats[0], &feats[1])
+    );
+    assert_close(
+        "features (emu vs cpu)",
+        &feats[1],
+        &feats[0],
+        5e-2 * scale,
+        0.0,
+    );
+    let rows: Vec<_> = runs
+        .iter()
+        .map(|r| read_csv(&r.join("scores.csv")).unwrap())
+        .collect();
     assert_eq!(rows[0].len(), 2);
     assert!(rows[1].iter().all(|r| r.uncertainty.is_finite()));
     for (a, b) in rows[0].iter().zip(&rows[1]) {

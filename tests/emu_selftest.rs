@@ -24,10 +24,14 @@ fn devices() -> Vec<Arc<dyn Device>> {
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -72,7 +76,10 @@ fn block_reduction_survives_exited_threads() {
         k::selftest_block_sum(d, cfg, xb.ptr(), out.ptr_mut(), per_block as i32, 96).unwrap();
         let got = out.to_host(d).unwrap();
         for b in 0..blocks {
-            let want: f64 = x[b * per_block..(b + 1) * per_block].iter().map(|&v| v as f64).sum();
+            let want: f64 = x[b * per_block..(b + 1) * per_block]
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
             assert!(
                 (got[b] as f64 - want).abs() < 1e-3,
                 "{}: block {b}: {} vs {want}",
@@ -87,8 +94,14 @@ fn block_reduction_survives_exited_threads() {
 fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
     for dev in devices() {
         let d = dev.as_ref();
-        let a: Vec<Bf16> = values(256, 1).iter().map(|&v| Bf16::from_f32(v * 4.0)).collect();
-        let b: Vec<Bf16> = values(128, 2).iter().map(|&v| Bf16::from_f32(v * 4.0)).collect(); // [16][8]
+        let a: Vec<Bf16> = values(256, 1)
+            .iter()
+            .map(|&v| Bf16::from_f32(v * 4.0))
+            .collect();
+        let b: Vec<Bf16> = values(128, 2)
+            .iter()
+            .map(|&v| Bf16::from_f32(v * 4.0))
+            .collect(); // [16][8]
         let mut bt = vec![Bf16::ZERO; 128]; // [8][16]
         for kk in 0..16 {
             for n in 0..8 {
@@ -117,7 +130,9 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
             for n in 0..8 {
                 // Products of bf16 values are exact in f32; sums of 16 such values differ by
                 // summation order only.
-                let want: f64 = (0..16).map(|kk| a[m * 16 + kk].to_f64() * b[kk * 8 + n].to_f64()).sum();
+                let want: f64 = (0..16)
+                    .map(|kk| a[m * 16 + kk].to_f64() * b[kk * 8 + n].to_f64())
+                    .sum();
                 let tol = 1e-5 * (1.0 + want.abs());
                 assert!(
                     (c[m * 8 + n] as f64 - want).abs() <= tol,
@@ -164,7 +179,9 @@ fn conversion_inputs() -> Vec<f32> {
     ];
     let mut s = 12345u64;
     for i in 0..20000 {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let bits = (s >> 32) as u32;
         let v = f32::from_bits(bits);
         if v.is_finite() {
@@ -195,8 +212,18 @@ fn half_conversions_round_to_nearest_even_bit_exactly() {
         let y = y.to_host(d).unwrap();
         for (i, &v) in x.iter().enumerate() {
             let (bf, hf) = ((y[i] & 0xffff) as u16, (y[i] >> 16) as u16);
-            assert_eq!(bf, half::bf16::from_f32(v).to_bits(), "{}: bf16({v:e})", d.name());
-            assert_eq!(hf, half::f16::from_f32(v).to_bits(), "{}: f16({v:e})", d.name());
+            assert_eq!(
+                bf,
+                half::bf16::from_f32(v).to_bits(),
+                "{}: bf16({v:e})",
+                d.name()
+            );
+            assert_eq!(
+                hf,
+                half::f16::from_f32(v).to_bits(),
+                "{}: f16({v:e})",
+                d.name()
+            );
         }
     }
 }

@@ -46,8 +46,12 @@ fn unet_forward_on_the_cuda_backend_matches_diffusers_within_bf16_tolerance() {
             let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
             let t: Vec<f32> = npy(&format!("unet/{name}/forward_t.npy")).to_f32();
             let cls_file = format!("unet/{name}/forward_class.npy");
-            let cls = fixture(&cls_file).exists().then(|| npy(&cls_file).to_usize());
-            let xt = b.upload(&[n, h, w, c], &nchw_to_nhwc(&x.to_f32(), n, c, h, w)).unwrap();
+            let cls = fixture(&cls_file)
+                .exists()
+                .then(|| npy(&cls_file).to_usize());
+            let xt = b
+                .upload(&[n, h, w, c], &nchw_to_nhwc(&x.to_f32(), n, c, h, w))
+                .unwrap();
             let y = m.forward(&b, &xt, &t, cls.as_deref()).unwrap();
             let (_, _, _, co) = y.nhwc();
             let got = nhwc_to_nchw(&b.download(&y).unwrap(), n, h, w, co);
@@ -58,7 +62,11 @@ fn unet_forward_on_the_cuda_backend_matches_diffusers_within_bf16_tolerance() {
                 "{} {name}: forward max abs err {err:.3e} (tolerance {tol:.3e})",
                 b.name()
             );
-            assert!(err <= tol, "{} {name}: forward max abs err {err} > {tol}", b.name());
+            assert!(
+                err <= tol,
+                "{} {name}: forward max abs err {err} > {tol}",
+                b.name()
+            );
         }
     }
 }

@@ -15,7 +15,9 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
         })
         .collect()
@@ -70,7 +72,9 @@ fn gpu_kernel_throughput() {
         let norm = b
             .prepare_norm(32, 1e-5, &values(c, 3, 1.0), &values(c, 4, 0.1))
             .unwrap();
-        let x = b.upload(&[n, hw, hw, c], &values(n * hw * hw * c, 5, 1.0)).unwrap();
+        let x = b
+            .upload(&[n, hw, hw, c], &values(n * hw * hw * c, 5, 1.0))
+            .unwrap();
         let flops = 2.0 * (n * hw * hw * c * c * 9) as f64;
         let bytes = 2.0 * (2 * n * hw * hw * c + c * c * 9) as f64;
         let shape = format!("n{n} {hw}x{hw} {c}->{c} 3x3");
@@ -84,7 +88,9 @@ fn gpu_kernel_throughput() {
         record(
             "norm_conv2d_silu",
             shape,
-            time(&b, 20, || b.norm_conv2d(&x, &norm, true, &conv, Some(&x)).unwrap()),
+            time(&b, 20, || {
+                b.norm_conv2d(&x, &norm, true, &conv, Some(&x)).unwrap()
+            }),
             flops,
             bytes,
         );
@@ -100,24 +106,39 @@ fn gpu_kernel_throughput() {
     {
         let (rows_, din, dout) = (8 * 1024, 512, 2048);
         let lin = b
-            .prepare_linear(din, dout, &values(din * dout, 6, 0.04), Some(&values(dout, 7, 0.1)))
+            .prepare_linear(
+                din,
+                dout,
+                &values(din * dout, 6, 0.04),
+                Some(&values(dout, 7, 0.1)),
+            )
             .unwrap();
-        let x = b.upload(&[8, 1024, din], &values(rows_ * din, 8, 1.0)).unwrap();
+        let x = b
+            .upload(&[8, 1024, din], &values(rows_ * din, 8, 1.0))
+            .unwrap();
         let flops = 2.0 * (rows_ * din * dout) as f64;
         let bytes = 2.0 * (rows_ * din + rows_ * dout + din * dout) as f64;
         record(
             "linear_gelu",
             format!("{rows_}x{din}->{dout}"),
-            time(&b, 20, || b.linear(&x, &lin, Activation::Gelu, None).unwrap()),
+            time(&b, 20, || {
+                b.linear(&x, &lin, Activation::Gelu, None).unwrap()
+            }),
             flops,
             bytes,
         );
     }
     for (n, len, heads, dh) in [(8usize, 1024usize, 8usize, 64usize), (8, 256, 4, 128)] {
         let d = heads * dh;
-        let q = b.upload(&[n, len, d], &values(n * len * d, 9, 1.0)).unwrap();
-        let k = b.upload(&[n, len, d], &values(n * len * d, 10, 1.0)).unwrap();
-        let v = b.upload(&[n, len, d], &values(n * len * d, 11, 1.0)).unwrap();
+        let q = b
+            .upload(&[n, len, d], &values(n * len * d, 9, 1.0))
+            .unwrap();
+        let k = b
+            .upload(&[n, len, d], &values(n * len * d, 10, 1.0))
+            .unwrap();
+        let v = b
+            .upload(&[n, len, d], &values(n * len * d, 11, 1.0))
+            .unwrap();
         let flops = 4.0 * (n * heads * len * len * dh) as f64;
         let bytes = 2.0 * (4 * n * len * d) as f64;
         let scale = 1.0 / (dh as f32).sqrt();

@@ -38,7 +38,9 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
             half::bf16::from_f32(u * scale).to_f32()
         })
@@ -51,7 +53,13 @@ fn check(what: &str, dev: &dyn Backend, got: &Tensor, want: &Tensor, atol: f32, 
     let g = dev.download(got).unwrap();
     let w = CpuBackend::new().download(want).unwrap();
     let scale = common::max_abs(&w).max(1e-6);
-    common::assert_close(&format!("{what} on {}", dev.name()), &g, &w, atol * scale, rtol);
+    common::assert_close(
+        &format!("{what} on {}", dev.name()),
+        &g,
+        &w,
+        atol * scale,
+        rtol,
+    );
 }
 
 struct Pair {
@@ -89,7 +97,16 @@ const CONV_RTOL: f32 = 2e-2;
 
 /// One convolution case: input [n, h, w, cin], spec, with/without bias and residual.
 #[allow(clippy::too_many_arguments)]
-fn conv_case(p: &Pair, n: usize, h: usize, w: usize, spec: ConvSpec, bias: bool, residual: bool, seed: u64) {
+fn conv_case(
+    p: &Pair,
+    n: usize,
+    h: usize,
+    w: usize,
+    spec: ConvSpec,
+    bias: bool,
+    residual: bool,
+    seed: u64,
+) {
     let k = spec.kernel;
     let wts = values(
         spec.cout * spec.cin * k * k,
@@ -103,7 +120,11 @@ fn conv_case(p: &Pair, n: usize, h: usize, w: usize, spec: ConvSpec, bias: bool,
     let (xc, xd) = p.rand(&[n, h, w, spec.cin], seed + 2, 1.0);
     let (ho, wo) = spec.out_hw(h, w);
     let (rc, rd) = p.rand(&[n, ho, wo, spec.cout], seed + 3, 1.0);
-    let (rc, rd) = if residual { (Some(&rc), Some(&rd)) } else { (None, None) };
+    let (rc, rd) = if residual {
+        (Some(&rc), Some(&rd))
+    } else {
+        (None, None)
+    };
     let want = p.cpu.conv2d(&xc, &cc, rc).unwrap();
     let got = p.dev.conv2d(&xd, &dc, rd).unwrap();
     check(
@@ -134,7 +155,16 @@ fn conv_strided_and_asymmetric_padding_match_cpu() {
         spec.pad_end = 1;
         conv_case(&p, 2, 8, 6, spec, true, false, 30);
         // Symmetric padding 1, stride 2, odd input.
-        conv_case(&p, 1, 7, 5, ConvSpec::new(40, 16, 3, 2, 1), false, false, 40);
+        conv_case(
+            &p,
+            1,
+            7,
+            5,
+            ConvSpec::new(40, 16, 3, 2, 1),
+            false,
+            false,
+            40,
+        );
     }
 }
 
@@ -160,7 +190,11 @@ fn conv_f32_edge_path_matches_cpu() {
 #[test]
 fn norm_conv2d_fused_prologue_matches_composition() {
     for p in pairs() {
-        for (cin, cout, groups, silu, seed) in [(32, 32, 8, true, 90), (24, 20, 4, false, 100), (32, 5, 4, true, 110)] {
+        for (cin, cout, groups, silu, seed) in [
+            (32, 32, 8, true, 90),
+            (24, 20, 4, false, 100),
+            (32, 5, 4, true, 110),
+        ] {
             let spec = ConvSpec::new(cin, cout, 3, 1, 1);
             let wts = values(cout * cin * 9, seed, 1.0 / ((cin * 9) as f32).sqrt());
             let b = values(cout, seed + 1, 0.5);
@@ -227,12 +261,19 @@ fn conv2d_members_uses_each_members_weights() {
 #[test]
 fn group_norm_matches_cpu_with_and_without_silu() {
     for p in pairs() {
-        for (n, h, w, c, groups, silu) in [(2, 3, 5, 12, 4, false), (1, 1, 1, 32, 8, true), (3, 4, 4, 20, 5, true)] {
+        for (n, h, w, c, groups, silu) in [
+            (2, 3, 5, 12, 4, false),
+            (1, 1, 1, 32, 8, true),
+            (3, 4, 4, 20, 5, true),
+        ] {
             let gamma = values(c, 140, 1.0);
             let beta = values(c, 141, 0.5);
             let nc = p.cpu.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
             let nd = p.dev.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
-            let x: Vec<f32> = values(n * h * w * c, 142, 2.0).iter().map(|v| v + 3.0).collect();
+            let x: Vec<f32> = values(n * h * w * c, 142, 2.0)
+                .iter()
+                .map(|v| v + 3.0)
+                .collect();
             let (xc, xd) = p.up(&[n, h, w, c], &x);
             let want = p.cpu.group_norm(&xc, &nc, silu).unwrap();
             let got = p.dev.group_norm(&xd, &nd, silu).unwrap();
@@ -291,7 +332,11 @@ fn linear_matches_cpu_for_every_activation_and_residual() {
             let ld = p.dev.prepare_linear(din, dout, &wts, Some(&b)).unwrap();
             let (xc, xd) = p.rand(&[1, rows, din], seed + 2, 1.0);
             let (rc, rd) = p.rand(&[1, rows, dout], seed + 3, 1.0);
-            let (rc, rd) = if res { (Some(&rc), Some(&rd)) } else { (None, None) };
+            let (rc, rd) = if res {
+                (Some(&rc), Some(&rd))
+            } else {
+                (None, None)
+            };
             let want = p.cpu.linear(&xc, &lc, act, rc).unwrap();
             let got = p.dev.linear(&xd, &ld, act, rd).unwrap();
             check(
@@ -320,7 +365,14 @@ fn elementwise_ops_match_cpu() {
         ] {
             let want = p.cpu.activation(&xc, act).unwrap();
             let got = p.dev.activation(&xd, act).unwrap();
-            check(&format!("activation {act:?}"), p.dev.as_ref(), &got, &want, 1e-3, 1e-2);
+            check(
+                &format!("activation {act:?}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1e-3,
+                1e-2,
+            );
         }
         check(
             "add",
@@ -393,8 +445,13 @@ fn resampling_concat_and_batch_ops_match_cpu() {
             0.0,
         );
         let (bc, bd) = p.rand(&[3, 3, 5, 7], 212, 2.0);
-        let want = p.cpu.concat_batch(&[xc.clone(), bc.clone(), xc.clone()]).unwrap();
-        let got = d.concat_batch(&[xd.clone(), bd.clone(), xd.clone()]).unwrap();
+        let want = p
+            .cpu
+            .concat_batch(&[xc.clone(), bc.clone(), xc.clone()])
+            .unwrap();
+        let got = d
+            .concat_batch(&[xd.clone(), bd.clone(), xd.clone()])
+            .unwrap();
         check("concat_batch", d, &got, &want, 0.0, 0.0);
     }
 }
@@ -438,7 +495,9 @@ fn kernels_are_deterministic() {
         let norm = d
             .prepare_norm(8, 1e-5, &values(32, 301, 1.0), &values(32, 302, 1.0))
             .unwrap();
-        let x = d.upload(&[2, 6, 6, 32], &values(2 * 36 * 32, 303, 1.0)).unwrap();
+        let x = d
+            .upload(&[2, 6, 6, 32], &values(2 * 36 * 32, 303, 1.0))
+            .unwrap();
         let a = d
             .download(&d.norm_conv2d(&x, &norm, true, &conv, None).unwrap())
             .unwrap();
@@ -465,7 +524,10 @@ fn mismatched_shapes_are_errors_not_panics() {
             .unwrap();
         assert!(d.conv2d(&a, &conv, None).is_err());
         let host = Tensor::host(vec![1, 2, 2, 3], vec![0.0; 12]);
-        assert!(d.add(&host, &a).is_err(), "host tensors must be uploaded first");
+        assert!(
+            d.add(&host, &a).is_err(),
+            "host tensors must be uploaded first"
+        );
     }
 }
 
@@ -482,6 +544,9 @@ fn device_selection_falls_back_to_cpu_and_rejects_unknown_names() {
     assert_eq!(select_backend("cpu").unwrap().0.name(), "cpu");
     assert!(select_backend("cuda:x").is_err());
     assert!(select_backend("tpu").is_err());
-    assert!(select_backend("cuda:99").is_err(), "a missing GPU is an error, never a panic");
+    assert!(
+        select_backend("cuda:99").is_err(),
+        "a missing GPU is an error, never a panic"
+    );
     assert_eq!(select_backend("emu").is_ok(), cfg!(feature = "emu"));
 }

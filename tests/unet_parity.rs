@@ -12,7 +12,11 @@ use uqengine::io::npy::{nchw_to_nhwc, nhwc_to_nchw};
 use uqengine::models::unet::UNet;
 use uqengine::sampler::{Sampler, SamplerKind, SchedulerConfig};
 
-const MODELS: [&str; 3] = ["cifar_like_old_names_f32", "gray_cond_multihead_f16", "attn_first_cosine_bf16"];
+const MODELS: [&str; 3] = [
+    "cifar_like_old_names_f32",
+    "gray_cond_multihead_f16",
+    "attn_first_cosine_bf16",
+];
 
 fn load(name: &str) -> UNet {
     UNet::load(&CpuBackend::new(), &fixture(&format!("unet/{name}/model"))).unwrap()
@@ -20,7 +24,8 @@ fn load(name: &str) -> UNet {
 
 fn classes(name: &str, file: &str) -> Option<Vec<usize>> {
     let p = fixture(&format!("unet/{name}/{file}"));
-    p.exists().then(|| npy(&format!("unet/{name}/{file}")).to_usize())
+    p.exists()
+        .then(|| npy(&format!("unet/{name}/{file}")).to_usize())
 }
 
 /// One forward pass at several timesteps: max abs error <= 1e-4 x max |output|.
@@ -33,7 +38,9 @@ fn forward_matches_diffusers() {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let t: Vec<f32> = npy(&format!("unet/{name}/forward_t.npy")).to_f32();
         let cls = classes(name, "forward_class.npy");
-        let xt = b.upload(&[n, h, w, c], &nchw_to_nhwc(&x.to_f32(), n, c, h, w)).unwrap();
+        let xt = b
+            .upload(&[n, h, w, c], &nchw_to_nhwc(&x.to_f32(), n, c, h, w))
+            .unwrap();
         let y = m.forward(&b, &xt, &t, cls.as_deref()).unwrap();
         let (_, _, _, co) = y.nhwc();
         let got = nhwc_to_nchw(&b.download(&y).unwrap(), n, h, w, co);
@@ -45,7 +52,12 @@ fn forward_matches_diffusers() {
     }
 }
 
-fn run_trajectory(name: &str, kind: SamplerKind, sched_file: &str, noise_file: Option<&str>) -> Vec<f32> {
+fn run_trajectory(
+    name: &str,
+    kind: SamplerKind,
+    sched_file: &str,
+    noise_file: Option<&str>,
+) -> Vec<f32> {
     let b = CpuBackend::new();
     let m = load(name);
     let cfg = SchedulerConfig::from_file(&fixture(&format!("unet/{name}/{sched_file}"))).unwrap();
@@ -59,8 +71,12 @@ fn run_trajectory(name: &str, kind: SamplerKind, sched_file: &str, noise_file: O
     for i in 0..s.num_steps() {
         let t = vec![s.timesteps()[i] as f32; n];
         let xt = b.upload(&[n, h, w, c], &x).unwrap();
-        let eps = b.download(&m.forward(&b, &xt, &t, cls.as_deref()).unwrap()).unwrap();
-        let z = step_noise.as_ref().map(|z| nchw_to_nhwc(&z[i * per..(i + 1) * per], n, c, h, w));
+        let eps = b
+            .download(&m.forward(&b, &xt, &t, cls.as_deref()).unwrap())
+            .unwrap();
+        let z = step_noise
+            .as_ref()
+            .map(|z| nchw_to_nhwc(&z[i * per..(i + 1) * per], n, c, h, w));
         s.step(i, &eps, &mut x, z.as_deref()).unwrap();
     }
     nhwc_to_nchw(&x, n, h, w, c)
@@ -70,7 +86,12 @@ fn run_trajectory(name: &str, kind: SamplerKind, sched_file: &str, noise_file: O
 #[test]
 fn ddim_10_steps_matches_diffusers() {
     for name in MODELS {
-        let got = run_trajectory(name, SamplerKind::Ddim { eta: 0.0 }, "model/scheduler/scheduler_config.json", None);
+        let got = run_trajectory(
+            name,
+            SamplerKind::Ddim { eta: 0.0 },
+            "model/scheduler/scheduler_config.json",
+            None,
+        );
         let want = npy(&format!("unet/{name}/ddim_out.npy")).to_f32();
         println!("{name}: DDIM max abs err {:.3e}", max_abs_diff(&got, &want));
         assert_close(name, &got, &want, 1e-3, 0.0);
@@ -88,7 +109,10 @@ fn ddim_eta_with_injected_noise_matches_diffusers() {
         Some("ddim_eta_variance_noise.npy"),
     );
     let want = npy(&format!("unet/{name}/ddim_eta_out.npy")).to_f32();
-    println!("{name}: DDIM eta 0.5 max abs err {:.3e}", max_abs_diff(&got, &want));
+    println!(
+        "{name}: DDIM eta 0.5 max abs err {:.3e}",
+        max_abs_diff(&got, &want)
+    );
     assert_close(name, &got, &want, 1e-3, 0.0);
 }
 
@@ -96,7 +120,12 @@ fn ddim_eta_with_injected_noise_matches_diffusers() {
 #[test]
 fn ddpm_10_steps_matches_diffusers() {
     for name in MODELS {
-        let got = run_trajectory(name, SamplerKind::Ddpm, "ddpm_scheduler_config.json", Some("ddpm_step_noise.npy"));
+        let got = run_trajectory(
+            name,
+            SamplerKind::Ddpm,
+            "ddpm_scheduler_config.json",
+            Some("ddpm_step_noise.npy"),
+        );
         let want = npy(&format!("unet/{name}/ddpm_out.npy")).to_f32();
         println!("{name}: DDPM max abs err {:.3e}", max_abs_diff(&got, &want));
         assert_close(name, &got, &want, 1e-3, 0.0);

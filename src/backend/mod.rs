@@ -89,6 +89,17 @@ pub trait Backend: Send + Sync {
     /// Human-readable name ("cpu", "cuda:0", "emu").
     fn name(&self) -> String;
 
+    /// Bytes of memory a run may still allocate on this backend, when it is limited and known
+    /// (a GPU's free memory); `None`: host memory, not planned.
+    fn memory_budget(&self) -> Option<u64> {
+        None
+    }
+
+    /// Bytes per stored activation element (4 for f32 on the host, 2 for bf16 on the GPU).
+    fn activation_bytes(&self) -> u64 {
+        4
+    }
+
     /// Copy host f32 data of `shape` onto the backend.
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
     /// Copy a tensor back to host f32, row-major in its shape.
@@ -97,7 +108,13 @@ pub trait Backend: Send + Sync {
     /// Prepare a convolution from PyTorch-layout weights `[cout, cin, k, k]`.
     fn prepare_conv(&self, spec: ConvSpec, w_oihw: &[f32], bias: Option<&[f32]>) -> Result<Conv2d>;
     /// Prepare a linear layer from PyTorch-layout weights `[dout, din]`.
-    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear>;
+    fn prepare_linear(
+        &self,
+        din: usize,
+        dout: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Linear>;
     /// Prepare normalisation parameters.
     fn prepare_norm(&self, groups: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Result<Norm> {
         Ok(Norm {
@@ -134,7 +151,13 @@ pub trait Backend: Send + Sync {
     /// LayerNorm over the last dimension.
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor>;
     /// `act(x W^T + b) (+ residual)` over the last dimension of `x`.
-    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor>;
+    fn linear(
+        &self,
+        x: &Tensor,
+        lin: &Linear,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor>;
     /// Element-wise activation.
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor>;
     /// `a + b`, same shapes.
@@ -142,7 +165,14 @@ pub trait Backend: Send + Sync {
     /// `x[n, .., c] + v[n, c]`: adds a per-sample vector to every position (NHWC or `[n, l, c]`).
     fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor>;
     /// Scaled dot-product attention. q, k, v: `[n, len, heads * dh]`; softmax in f32.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor>;
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor>;
     /// Nearest-neighbour 2x upsampling of NHWC.
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
     /// 2x2 average pooling of NHWC (stride 2).

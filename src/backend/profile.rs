@@ -40,9 +40,15 @@ impl Profiled {
         let total: f64 = t.values().map(|v| v.1).sum();
         let mut rows: Vec<_> = t.iter().collect();
         rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
-        let mut s = format!("{:<22} {:>9} {:>10} {:>7}\n", "op", "calls", "seconds", "share");
+        let mut s = format!(
+            "{:<22} {:>9} {:>10} {:>7}\n",
+            "op", "calls", "seconds", "share"
+        );
         for (k, (n, sec)) in rows {
-            s += &format!("{k:<22} {n:>9} {sec:>10.3} {:>6.1}%\n", 100.0 * sec / total.max(1e-12));
+            s += &format!(
+                "{k:<22} {n:>9} {sec:>10.3} {:>6.1}%\n",
+                100.0 * sec / total.max(1e-12)
+            );
         }
         s += &format!("{:<22} {:>9} {total:>10.3}\n", "total", "");
         s
@@ -53,6 +59,12 @@ impl Backend for Profiled {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn memory_budget(&self) -> Option<u64> {
+        self.inner.memory_budget()
+    }
+    fn activation_bytes(&self) -> u64 {
+        self.inner.activation_bytes()
+    }
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         self.time("upload", || self.inner.upload(shape, data))
     }
@@ -62,7 +74,13 @@ impl Backend for Profiled {
     fn prepare_conv(&self, spec: ConvSpec, w: &[f32], bias: Option<&[f32]>) -> Result<Conv2d> {
         self.inner.prepare_conv(spec, w, bias)
     }
-    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
+    fn prepare_linear(
+        &self,
+        din: usize,
+        dout: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Linear> {
         self.inner.prepare_linear(din, dout, w, bias)
     }
     fn prepare_norm(&self, groups: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Result<Norm> {
@@ -73,8 +91,17 @@ impl Backend for Profiled {
         let name = format!("conv{}x{} s{}", s.kernel, s.kernel, s.stride);
         self.time(&name, || self.inner.conv2d(x, conv, residual))
     }
-    fn norm_conv2d(&self, x: &Tensor, norm: &Norm, silu: bool, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
-        self.time("norm_conv2d", || self.inner.norm_conv2d(x, norm, silu, conv, residual))
+    fn norm_conv2d(
+        &self,
+        x: &Tensor,
+        norm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.time("norm_conv2d", || {
+            self.inner.norm_conv2d(x, norm, silu, conv, residual)
+        })
     }
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
         self.time("conv2d_members", || self.inner.conv2d_members(x, convs))
@@ -85,7 +112,13 @@ impl Backend for Profiled {
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
         self.time("layer_norm", || self.inner.layer_norm(x, norm))
     }
-    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        lin: &Linear,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.time("linear", || self.inner.linear(x, lin, act, residual))
     }
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -97,7 +130,14 @@ impl Backend for Profiled {
     fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         self.time("add_per_sample", || self.inner.add_per_sample(x, v))
     }
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
         self.time("attention", || self.inner.attention(q, k, v, heads, scale))
     }
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {

@@ -41,18 +41,33 @@ pub fn read(path: &Path) -> Result<NpyArray> {
             if bytes.len() < 12 {
                 return Err(bad(path, "truncated header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(bad(path, format!("version {v}"))),
     };
-    let header = std::str::from_utf8(bytes.get(hstart..hstart + hlen).ok_or_else(|| bad(path, "truncated header"))?)
-        .map_err(|_| bad(path, "header is not text"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(hstart..hstart + hlen)
+            .ok_or_else(|| bad(path, "truncated header"))?,
+    )
+    .map_err(|_| bad(path, "header is not text"))?;
     let field = |name: &str| -> Option<&str> {
         let i = header.find(&format!("'{name}'"))?;
-        Some(header[i + name.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+        Some(
+            header[i + name.len() + 2..]
+                .trim_start()
+                .trim_start_matches(':')
+                .trim_start(),
+        )
     };
     let descr = field("descr").ok_or_else(|| bad(path, "no descr"))?;
-    let descr = &descr[1..descr[1..].find('\'').ok_or_else(|| bad(path, "bad descr"))? + 1];
+    let descr = &descr[1..descr[1..]
+        .find('\'')
+        .ok_or_else(|| bad(path, "bad descr"))?
+        + 1];
     if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
         return Err(bad(path, "Fortran order"));
     }
@@ -62,7 +77,10 @@ pub fn read(path: &Path) -> Result<NpyArray> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(path, format!("bad shape entry {s}"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(path, format!("bad shape entry {s}")))
+        })
         .collect::<Result<_>>()?;
     let n: usize = shape.iter().product();
     let body = &bytes[hstart + hlen..];
@@ -74,7 +92,10 @@ pub fn read(path: &Path) -> Result<NpyArray> {
         other => return Err(bad(path, format!("dtype {other}"))),
     };
     if body.len() < n * size {
-        return Err(bad(path, format!("{} data bytes for shape {shape:?} of {descr}", body.len())));
+        return Err(bad(
+            path,
+            format!("{} data bytes for shape {shape:?} of {descr}", body.len()),
+        ));
     }
     Ok(NpyArray {
         shape,
@@ -87,7 +108,14 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len());
     let dims = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
     let total = 10 + header.len() + 1;

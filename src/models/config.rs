@@ -40,10 +40,13 @@ impl JsonConfig {
 
     /// A view of the sub-object `key` (e.g. `vision_config`), if present.
     pub fn sub(&self, key: &str) -> Option<JsonConfig> {
-        self.value.get(key).filter(|v| v.is_object()).map(|v| JsonConfig {
-            path: self.path.clone(),
-            value: v.clone(),
-        })
+        self.value
+            .get(key)
+            .filter(|v| v.is_object())
+            .map(|v| JsonConfig {
+                path: self.path.clone(),
+                value: v.clone(),
+            })
     }
 
     fn raw(&self, key: &str) -> Option<&Value> {
@@ -74,28 +77,32 @@ impl JsonConfig {
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.raw(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(key, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
     pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         Ok(self.usize_opt(key)?.unwrap_or(default))
     }
     pub fn usize_req(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?.ok_or_else(|| self.err(key, "required"))
+        self.usize_opt(key)?
+            .ok_or_else(|| self.err(key, "required"))
     }
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.raw(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(key, format!("expected a number, found {v}"))),
         }
     }
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.raw(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true/false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, format!("expected true/false, found {v}"))),
         }
     }
     pub fn str_opt(&self, key: &str) -> Result<Option<String>> {
@@ -112,26 +119,45 @@ impl JsonConfig {
     }
     pub fn str_list(&self, key: &str) -> Result<Vec<String>> {
         let v = self.raw(key).ok_or_else(|| self.err(key, "required"))?;
-        let arr = v.as_array().ok_or_else(|| self.err(key, format!("expected a list of strings, found {v}")))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(key, format!("expected a list of strings, found {v}")))?;
         arr.iter()
-            .map(|x| x.as_str().map(String::from).ok_or_else(|| self.err(key, format!("expected a string, found {x}"))))
+            .map(|x| {
+                x.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| self.err(key, format!("expected a string, found {x}")))
+            })
             .collect()
     }
     pub fn usize_list(&self, key: &str) -> Result<Vec<usize>> {
         let v = self.raw(key).ok_or_else(|| self.err(key, "required"))?;
-        let arr = v.as_array().ok_or_else(|| self.err(key, format!("expected a list of integers, found {v}")))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(key, format!("expected a list of integers, found {v}")))?;
         arr.iter()
-            .map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| self.err(key, format!("expected an integer, found {x}"))))
+            .map(|x| {
+                x.as_u64()
+                    .map(|u| u as usize)
+                    .ok_or_else(|| self.err(key, format!("expected an integer, found {x}")))
+            })
             .collect()
     }
     pub fn f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
-        let Some(v) = self.raw(key) else { return Ok(None) };
+        let Some(v) = self.raw(key) else {
+            return Ok(None);
+        };
         if let Some(x) = v.as_f64() {
             return Ok(Some(vec![x]));
         }
-        let arr = v.as_array().ok_or_else(|| self.err(key, format!("expected a list of numbers, found {v}")))?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.err(key, format!("expected a list of numbers, found {v}")))?;
         arr.iter()
-            .map(|x| x.as_f64().ok_or_else(|| self.err(key, format!("expected a number, found {x}"))))
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| self.err(key, format!("expected a number, found {x}")))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }

@@ -186,10 +186,14 @@ impl<'a> View<'a> {
         if let Some(seed) = self.w.synthetic {
             return Ok(Weights::synthesise(seed, &key, shape));
         }
-        let (s, v) = self.w.tensors.get(&key).ok_or_else(|| Error::MissingTensor {
-            path: self.w.path.clone(),
-            key: key.clone(),
-        })?;
+        let (s, v) = self
+            .w
+            .tensors
+            .get(&key)
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.w.path.clone(),
+                key: key.clone(),
+            })?;
         if s != shape {
             return Err(Error::ShapeMismatch {
                 path: self.w.path.clone(),
@@ -209,7 +213,11 @@ impl<'a> View<'a> {
         }
         Err(Error::MissingTensor {
             path: self.w.path.clone(),
-            key: names.iter().map(|n| self.full(n)).collect::<Vec<_>>().join(" or "),
+            key: names
+                .iter()
+                .map(|n| self.full(n))
+                .collect::<Vec<_>>()
+                .join(" or "),
         })
     }
     /// Shape of `name`, if present.

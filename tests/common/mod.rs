@@ -7,7 +7,9 @@ use uqengine::io::npy;
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// Read a fixture `.npy`.
@@ -18,7 +20,10 @@ pub fn npy(rel: &str) -> npy::NpyArray {
 /// Max absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Max absolute value.
@@ -28,7 +33,13 @@ pub fn max_abs(a: &[f32]) -> f32 {
 
 /// Asserts `|a - b| <= atol + rtol * |b|` elementwise, printing the first mismatches.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let bad: Vec<(usize, f32, f32)> = got
         .iter()
         .zip(want)

@@ -28,64 +28,66 @@ pub fn attention(
     let d = heads * dh;
     let mut out = vec![0.0f32; n * lq * d];
     let optr = SendPtr(out.as_mut_ptr());
-    (0..n * heads).into_par_iter().for_each_init(Vec::<f32>::new, |s, job| {
-        let optr = optr;
-        let (b, h) = (job / heads, job % heads);
-        s.resize(lq * lk, 0.0);
-        let qo = b * lq * d + h * dh;
-        let ko = b * lk * d + h * dh;
-        // SAFETY: offsets stay within q/k/v/out for the given shapes; each job owns its
-        // output columns [h*dh, (h+1)*dh) of sample b.
-        unsafe {
-            sgemm_strided(
-                lq,
-                lk,
-                dh,
-                q.as_ptr().add(qo),
-                d as isize,
-                1,
-                k.as_ptr().add(ko),
-                1,
-                d as isize,
-                s.as_mut_ptr(),
-                lk as isize,
-                false,
-                Parallelism::None,
-            );
-        }
-        for row in s.chunks_exact_mut(lk) {
-            let mut m = f32::NEG_INFINITY;
-            for x in row.iter_mut() {
-                *x *= scale;
-                m = m.max(*x);
+    (0..n * heads)
+        .into_par_iter()
+        .for_each_init(Vec::<f32>::new, |s, job| {
+            let optr = optr;
+            let (b, h) = (job / heads, job % heads);
+            s.resize(lq * lk, 0.0);
+            let qo = b * lq * d + h * dh;
+            let ko = b * lk * d + h * dh;
+            // SAFETY: offsets stay within q/k/v/out for the given shapes; each job owns its
+            // output columns [h*dh, (h+1)*dh) of sample b.
+            unsafe {
+                sgemm_strided(
+                    lq,
+                    lk,
+                    dh,
+                    q.as_ptr().add(qo),
+                    d as isize,
+                    1,
+                    k.as_ptr().add(ko),
+                    1,
+                    d as isize,
+                    s.as_mut_ptr(),
+                    lk as isize,
+                    false,
+                    Parallelism::None,
+                );
             }
-            let mut sum = 0.0f32;
-            for x in row.iter_mut() {
-                *x = (*x - m).exp();
-                sum += *x;
+            for row in s.chunks_exact_mut(lk) {
+                let mut m = f32::NEG_INFINITY;
+                for x in row.iter_mut() {
+                    *x *= scale;
+                    m = m.max(*x);
+                }
+                let mut sum = 0.0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
             }
-            let inv = 1.0 / sum;
-            for x in row.iter_mut() {
-                *x *= inv;
+            unsafe {
+                sgemm_strided(
+                    lq,
+                    dh,
+                    lk,
+                    s.as_ptr(),
+                    lk as isize,
+                    1,
+                    v.as_ptr().add(ko),
+                    d as isize,
+                    1,
+                    optr.0.add(qo),
+                    d as isize,
+                    false,
+                    Parallelism::None,
+                );
             }
-        }
-        unsafe {
-            sgemm_strided(
-                lq,
-                dh,
-                lk,
-                s.as_ptr(),
-                lk as isize,
-                1,
-                v.as_ptr().add(ko),
-                d as isize,
-                1,
-                optr.0.add(qo),
-                d as isize,
-                false,
-                Parallelism::None,
-            );
-        }
-    });
+        });
     out
 }

@@ -14,7 +14,8 @@ pub fn reorder_oihw(spec: &ConvSpec, w: &[f32]) -> Vec<f32> {
         for ci in 0..ci_n {
             for kh in 0..k {
                 for kw in 0..k {
-                    out[((kh * k + kw) * ci_n + ci) * co_n + co] = w[((co * ci_n + ci) * k + kh) * k + kw];
+                    out[((kh * k + kw) * ci_n + ci) * co_n + co] =
+                        w[((co * ci_n + ci) * k + kh) * k + kw];
                 }
             }
         }
@@ -56,7 +57,15 @@ pub fn conv2d_nhwc(
         }
     };
     if k == 1 && s == 1 && pad == 0 {
-        rows_times_matrix(rows, kk, cout, wt, &mut out, |p0, _len, _buf| Some(x[p0 * cin..].as_ptr()), init);
+        rows_times_matrix(
+            rows,
+            kk,
+            cout,
+            wt,
+            &mut out,
+            |p0, _len, _buf| Some(x[p0 * cin..].as_ptr()),
+            init,
+        );
         return out;
     }
     let fill = |p0: usize, len: usize, buf: &mut [f32]| {

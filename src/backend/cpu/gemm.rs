@@ -39,7 +39,8 @@ pub unsafe fn sgemm_strided(
         return;
     }
     gemm::gemm(
-        m, n, k, c, 1, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false, false, par,
+        m, n, k, c, 1, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false,
+        false, par,
     );
 }
 
@@ -90,8 +91,15 @@ pub fn tile_rows(k: usize, total_rows: usize) -> usize {
 /// `fill(p0, tile)` writes the gathered `[tile_len, k]` lhs rows starting at row `p0` into
 /// `tile` (or returns a borrowed contiguous slice via `direct`); `init(p0, out_tile)` pre-fills
 /// the output tile (bias, residual) before the product is accumulated into it.
-pub fn rows_times_matrix<F, I>(rows: usize, k: usize, n: usize, w: &[f32], out: &mut [f32], fill: F, init: I)
-where
+pub fn rows_times_matrix<F, I>(
+    rows: usize,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    out: &mut [f32],
+    fill: F,
+    init: I,
+) where
     F: Fn(usize, usize, &mut [f32]) -> Option<*const f32> + Sync,
     I: Fn(usize, &mut [f32]) + Sync,
 {

@@ -88,8 +88,16 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
-        check(w.len() == din * dout, || format!("linear weights: {} values for {dout}x{din}", w.len()))?;
+    fn prepare_linear(
+        &self,
+        din: usize,
+        dout: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Linear> {
+        check(w.len() == din * dout, || {
+            format!("linear weights: {} values for {dout}x{din}", w.len())
+        })?;
         let mut t = vec![0.0f32; din * dout];
         for o in 0..dout {
             for i in 0..din {
@@ -107,12 +115,18 @@ impl Backend for CpuBackend {
     fn conv2d(&self, x: &Tensor, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         let spec = conv.spec;
-        check(c == spec.cin, || format!("conv2d: input {:?} for {spec:?}", x.shape()))?;
+        check(c == spec.cin, || {
+            format!("conv2d: input {:?} for {spec:?}", x.shape())
+        })?;
         let (ho, wo) = spec.out_hw(h, w);
         let res = match residual {
             Some(r) => {
                 check(r.shape() == [n, ho, wo, spec.cout], || {
-                    format!("conv2d: residual {:?} for output {:?}", r.shape(), [n, ho, wo, spec.cout])
+                    format!(
+                        "conv2d: residual {:?} for output {:?}",
+                        r.shape(),
+                        [n, ho, wo, spec.cout]
+                    )
                 })?;
                 Some(host(r)?)
             }
@@ -129,7 +143,9 @@ impl Backend for CpuBackend {
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
         let k = convs.len();
         let (nb, h, w, c) = x.nhwc();
-        check(k > 0 && nb % k == 0, || format!("conv2d_members: batch {nb} is not a multiple of {k} members"))?;
+        check(k > 0 && nb % k == 0, || {
+            format!("conv2d_members: batch {nb} is not a multiple of {k} members")
+        })?;
         let xs = host(x)?;
         let per_in = h * w * c;
         let spec = convs[0].spec;
@@ -156,7 +172,12 @@ impl Backend for CpuBackend {
     fn group_norm(&self, x: &Tensor, nm: &Norm, apply_silu: bool) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         check(c == nm.channels && c % nm.groups == 0, || {
-            format!("group_norm: input {:?} for {} channels in {} groups", x.shape(), nm.channels, nm.groups)
+            format!(
+                "group_norm: input {:?} for {} channels in {} groups",
+                x.shape(),
+                nm.channels,
+                nm.groups
+            )
         })?;
         let y = norm::group_norm_nhwc(
             host(x)?,
@@ -174,21 +195,33 @@ impl Backend for CpuBackend {
 
     fn layer_norm(&self, x: &Tensor, nm: &Norm) -> Result<Tensor> {
         let d = *x.shape().last().unwrap_or(&0);
-        check(d == nm.channels, || format!("layer_norm: input {:?} for dim {}", x.shape(), nm.channels))?;
+        check(d == nm.channels, || {
+            format!("layer_norm: input {:?} for dim {}", x.shape(), nm.channels)
+        })?;
         let y = norm::layer_norm(host(x)?, d, nm.eps, host(&nm.gamma)?, host(&nm.beta)?);
         Ok(Tensor::host(x.shape().to_vec(), y))
     }
 
-    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        lin: &Linear,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let shape = x.shape();
         let din = *shape.last().unwrap_or(&0);
-        check(din == lin.din, || format!("linear: input {shape:?} for din {}", lin.din))?;
+        check(din == lin.din, || {
+            format!("linear: input {shape:?} for din {}", lin.din)
+        })?;
         let rows = x.numel() / din.max(1);
         let mut oshape = shape.to_vec();
         *oshape.last_mut().unwrap() = lin.dout;
         let res = match residual {
             Some(r) => {
-                check(r.shape() == oshape.as_slice(), || format!("linear: residual {:?} for {oshape:?}", r.shape()))?;
+                check(r.shape() == oshape.as_slice(), || {
+                    format!("linear: residual {:?} for {oshape:?}", r.shape())
+                })?;
                 Some(host(r)?)
             }
             None => None,
@@ -235,15 +268,23 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        check(a.shape() == b.shape(), || format!("add: shapes {:?} and {:?}", a.shape(), b.shape()))?;
-        let y: Vec<f32> = host(a)?.par_iter().zip(host(b)?.par_iter()).map(|(x, y)| x + y).collect();
+        check(a.shape() == b.shape(), || {
+            format!("add: shapes {:?} and {:?}", a.shape(), b.shape())
+        })?;
+        let y: Vec<f32> = host(a)?
+            .par_iter()
+            .zip(host(b)?.par_iter())
+            .map(|(x, y)| x + y)
+            .collect();
         Ok(Tensor::host(a.shape().to_vec(), y))
     }
 
     fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
         let n = x.shape()[0];
         let c = *x.shape().last().unwrap_or(&0);
-        check(v.shape() == [n, c], || format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape()))?;
+        check(v.shape() == [n, c], || {
+            format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape())
+        })?;
         let per = x.numel() / n.max(1);
         let vs = host(v)?;
         let mut y = host(x)?.to_vec();
@@ -256,13 +297,37 @@ impl Backend for CpuBackend {
         Ok(Tensor::host(x.shape().to_vec(), y))
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
         let (qs, ks) = (q.shape(), k.shape());
-        check(qs.len() == 3 && ks.len() == 3 && k.shape() == v.shape() && qs[0] == ks[0] && qs[2] == ks[2], || {
-            format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape())
+        check(
+            qs.len() == 3
+                && ks.len() == 3
+                && k.shape() == v.shape()
+                && qs[0] == ks[0]
+                && qs[2] == ks[2],
+            || format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape()),
+        )?;
+        check(heads > 0 && qs[2] % heads == 0, || {
+            format!("attention: dim {} not divisible by {heads} heads", qs[2])
         })?;
-        check(heads > 0 && qs[2] % heads == 0, || format!("attention: dim {} not divisible by {heads} heads", qs[2]))?;
-        let y = attention::attention(host(q)?, host(k)?, host(v)?, qs[0], qs[1], ks[1], heads, qs[2] / heads, scale);
+        let y = attention::attention(
+            host(q)?,
+            host(k)?,
+            host(v)?,
+            qs[0],
+            qs[1],
+            ks[1],
+            heads,
+            qs[2] / heads,
+            scale,
+        );
         Ok(Tensor::host(qs.to_vec(), y))
     }
 
@@ -270,13 +335,15 @@ impl Backend for CpuBackend {
         let (n, h, w, c) = x.nhwc();
         let xs = host(x)?;
         let mut y = vec![0.0f32; n * 4 * h * w * c];
-        y.par_chunks_mut(2 * w * c).enumerate().for_each(|(r, row)| {
-            let (b, oh) = (r / (2 * h), r % (2 * h));
-            let src = &xs[(b * h + oh / 2) * w * c..(b * h + oh / 2 + 1) * w * c];
-            for ow in 0..2 * w {
-                row[ow * c..(ow + 1) * c].copy_from_slice(&src[(ow / 2) * c..(ow / 2 + 1) * c]);
-            }
-        });
+        y.par_chunks_mut(2 * w * c)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (b, oh) = (r / (2 * h), r % (2 * h));
+                let src = &xs[(b * h + oh / 2) * w * c..(b * h + oh / 2 + 1) * w * c];
+                for ow in 0..2 * w {
+                    row[ow * c..(ow + 1) * c].copy_from_slice(&src[(ow / 2) * c..(ow / 2 + 1) * c]);
+                }
+            });
         Ok(Tensor::host(vec![n, 2 * h, 2 * w, c], y))
     }
 
@@ -300,7 +367,9 @@ impl Backend for CpuBackend {
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, h, w, ca) = a.nhwc();
         let (n2, h2, w2, cb) = b.nhwc();
-        check((n, h, w) == (n2, h2, w2), || format!("concat_channels: {:?} and {:?}", a.shape(), b.shape()))?;
+        check((n, h, w) == (n2, h2, w2), || {
+            format!("concat_channels: {:?} and {:?}", a.shape(), b.shape())
+        })?;
         let (xa, xb) = (host(a)?, host(b)?);
         let c = ca + cb;
         let mut y = vec![0.0f32; n * h * w * c];
@@ -313,11 +382,16 @@ impl Backend for CpuBackend {
 
     fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let n = x.shape()[0];
-        check(start + len <= n, || format!("slice_batch: [{start}, {}) of {n}", start + len))?;
+        check(start + len <= n, || {
+            format!("slice_batch: [{start}, {}) of {n}", start + len)
+        })?;
         let per = x.numel() / n.max(1);
         let mut shape = x.shape().to_vec();
         shape[0] = len;
-        Ok(Tensor::host(shape, host(x)?[start * per..(start + len) * per].to_vec()))
+        Ok(Tensor::host(
+            shape,
+            host(x)?[start * per..(start + len) * per].to_vec(),
+        ))
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
@@ -326,7 +400,9 @@ impl Backend for CpuBackend {
         let mut data = Vec::new();
         let mut n = 0;
         for p in parts {
-            check(&p.shape()[1..] == tail, || format!("concat_batch: {:?} vs {:?}", p.shape(), parts[0].shape()))?;
+            check(&p.shape()[1..] == tail, || {
+                format!("concat_batch: {:?} vs {:?}", p.shape(), parts[0].shape())
+            })?;
             n += p.shape()[0];
             data.extend_from_slice(host(p)?);
         }

@@ -7,7 +7,14 @@ use super::silu;
 
 /// Per-sample, per-group `(mean, 1/sqrt(var + eps))` of `[n, hw, c]` data, indexed
 /// `sample * groups + group`.
-pub fn group_norm_stats(x: &[f32], n: usize, hw: usize, c: usize, groups: usize, eps: f32) -> Vec<(f32, f32)> {
+pub fn group_norm_stats(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    eps: f32,
+) -> Vec<(f32, f32)> {
     let cg = c / groups;
     let per = hw * c;
     (0..n)
@@ -52,27 +59,32 @@ pub fn group_norm_nhwc(
     let cg = c / groups;
     let stats = group_norm_stats(x, n, hw, c, groups, eps);
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(p, (o, xi))| {
-        let b = p / hw;
-        for ch in 0..c {
-            let (mean, rstd) = stats[b * groups + ch / cg];
-            let v = (xi[ch] - mean) * rstd * gamma[ch] + beta[ch];
-            o[ch] = if apply_silu { silu(v) } else { v };
-        }
-    });
+    out.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .enumerate()
+        .for_each(|(p, (o, xi))| {
+            let b = p / hw;
+            for ch in 0..c {
+                let (mean, rstd) = stats[b * groups + ch / cg];
+                let v = (xi[ch] - mean) * rstd * gamma[ch] + beta[ch];
+                o[ch] = if apply_silu { silu(v) } else { v };
+            }
+        });
     out
 }
 
 /// LayerNorm over the last dimension `d` of `[rows, d]` data.
 pub fn layer_norm(x: &[f32], d: usize, eps: f32, gamma: &[f32], beta: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, xi)| {
-        let mean = xi.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-        let var = xi.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-        let rstd = 1.0 / (var + eps as f64).sqrt();
-        for i in 0..d {
-            o[i] = ((xi[i] as f64 - mean) * rstd) as f32 * gamma[i] + beta[i];
-        }
-    });
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, xi)| {
+            let mean = xi.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+            let var = xi.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for i in 0..d {
+                o[i] = ((xi[i] as f64 - mean) * rstd) as f32 * gamma[i] + beta[i];
+            }
+        });
     out
 }

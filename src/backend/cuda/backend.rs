@@ -50,7 +50,11 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| err(format!("{what} = {v} exceeds the kernels' 32-bit index range")))
+    i32::try_from(v).map_err(|_| {
+        err(format!(
+            "{what} = {v} exceeds the kernels' 32-bit index range"
+        ))
+    })
 }
 
 /// Geometry of one convolution launch (linear layers are 1x1 convolutions over 1 x rows).
@@ -126,7 +130,10 @@ impl CudaBackend {
     }
 
     fn upload_f32(&self, shape: Vec<usize>, data: &[f32]) -> Result<Tensor> {
-        Ok(Self::wrap(shape, CudaStorage::F32(DevBuf::from_host(self.d(), data)?)))
+        Ok(Self::wrap(
+            shape,
+            CudaStorage::F32(DevBuf::from_host(self.d(), data)?),
+        ))
     }
 
     fn alloc_bf16(&self, n: usize) -> Result<DevBuf<Bf16>> {
@@ -136,14 +143,17 @@ impl CudaBackend {
     /// GroupNorm statistics `[n, groups, (mean, rstd)]` of NHWC `x`.
     fn group_stats(&self, x: &Tensor, norm: &Norm) -> Result<DevBuf<f32>> {
         let (n, h, w, c) = x.nhwc();
-        check(c == norm.channels && norm.groups > 0 && c % norm.groups == 0, || {
-            format!(
-                "group_norm: input {:?} for {} channels in {} groups",
-                x.shape(),
-                norm.channels,
-                norm.groups
-            )
-        })?;
+        check(
+            c == norm.channels && norm.groups > 0 && c % norm.groups == 0,
+            || {
+                format!(
+                    "group_norm: input {:?} for {} channels in {} groups",
+                    x.shape(),
+                    norm.channels,
+                    norm.groups
+                )
+            },
+        )?;
         let mut stats = DevBuf::<f32>::zeros(self.d(), n * norm.groups * 2)?;
         if n > 0 {
             k::group_norm_stats(
@@ -194,7 +204,11 @@ impl CudaBackend {
         if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
             let p = g.ho * g.wo;
             let cfg = LaunchCfg::grid(
-                (p.div_ceil(64) as u32, g.cout.div_ceil(64) as u32, g.n as u32),
+                (
+                    p.div_ceil(64) as u32,
+                    g.cout.div_ceil(64) as u32,
+                    g.n as u32,
+                ),
                 (128, 1, 1),
             );
             k::conv2d_mma(
@@ -261,10 +275,18 @@ impl CudaBackend {
     ) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         let spec = conv.spec;
-        check(c == spec.cin, || format!("conv2d: input {:?} for {spec:?}", x.shape()))?;
+        check(c == spec.cin, || {
+            format!("conv2d: input {:?} for {spec:?}", x.shape())
+        })?;
         check(
-            h + 2 * spec.padding + spec.pad_end >= spec.kernel && w + 2 * spec.padding + spec.pad_end >= spec.kernel,
-            || format!("conv2d: input {:?} smaller than the kernel of {spec:?}", x.shape()),
+            h + 2 * spec.padding + spec.pad_end >= spec.kernel
+                && w + 2 * spec.padding + spec.pad_end >= spec.kernel,
+            || {
+                format!(
+                    "conv2d: input {:?} smaller than the kernel of {spec:?}",
+                    x.shape()
+                )
+            },
         )?;
         let (ho, wo) = spec.out_hw(h, w);
         let oshape = vec![n, ho, wo, spec.cout];
@@ -300,7 +322,10 @@ impl CudaBackend {
     /// Launch geometry of a grid-stride kernel over `n` items.
     fn ew_cfg(&self, n: usize) -> LaunchCfg {
         let most = self.dev.grid_stride_blocks().max(1) as usize;
-        LaunchCfg::linear(n.div_ceil(EW_THREADS as usize).clamp(1, most) as u32, EW_THREADS)
+        LaunchCfg::linear(
+            n.div_ceil(EW_THREADS as usize).clamp(1, most) as u32,
+            EW_THREADS,
+        )
     }
 
     fn copy(&self, src: DevPtr<Bf16>, dst: super::device::DevPtrMut<Bf16>, n: usize) -> Result<()> {
@@ -341,6 +366,14 @@ fn to_bf16(data: &[f32]) -> Vec<Bf16> {
 }
 
 impl Backend for CudaBackend {
+    fn memory_budget(&self) -> Option<u64> {
+        self.dev.free_memory()
+    }
+
+    fn activation_bytes(&self) -> u64 {
+        2
+    }
+
     fn name(&self) -> String {
         self.dev.name()
     }
@@ -358,7 +391,11 @@ impl Backend for CudaBackend {
             return Ok(h.to_vec());
         }
         match self.storage(x)? {
-            CudaStorage::Bf16(b) => Ok(b.to_host(self.d())?.into_iter().map(|v| v.to_f32()).collect()),
+            CudaStorage::Bf16(b) => Ok(b
+                .to_host(self.d())?
+                .into_iter()
+                .map(|v| v.to_f32())
+                .collect()),
             CudaStorage::F32(b) => b.to_host(self.d()),
         }
     }
@@ -378,7 +415,8 @@ impl Backend for CudaBackend {
         for o in 0..spec.cout {
             for i in 0..spec.cin {
                 for t in 0..kk {
-                    w[(o * kk + t) * spec.cin + i] = Bf16::from_f32(w_oihw[(o * spec.cin + i) * kk + t]);
+                    w[(o * kk + t) * spec.cin + i] =
+                        Bf16::from_f32(w_oihw[(o * spec.cin + i) * kk + t]);
                 }
             }
         }
@@ -386,11 +424,19 @@ impl Backend for CudaBackend {
             vec![spec.cout, spec.kernel, spec.kernel, spec.cin],
             CudaStorage::Bf16(DevBuf::from_host(self.d(), &w)?),
         );
-        let bias = bias.map(|b| self.upload_f32(vec![b.len()], b)).transpose()?;
+        let bias = bias
+            .map(|b| self.upload_f32(vec![b.len()], b))
+            .transpose()?;
         Ok(Conv2d { spec, weight, bias })
     }
 
-    fn prepare_linear(&self, din: usize, dout: usize, w: &[f32], bias: Option<&[f32]>) -> Result<Linear> {
+    fn prepare_linear(
+        &self,
+        din: usize,
+        dout: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Linear> {
         check(w.len() == din * dout, || {
             format!("linear weights: {} values for {dout}x{din}", w.len())
         })?;
@@ -404,7 +450,9 @@ impl Backend for CudaBackend {
             vec![dout, din],
             CudaStorage::Bf16(DevBuf::from_host(self.d(), &to_bf16(w))?),
         );
-        let bias = bias.map(|b| self.upload_f32(vec![b.len()], b)).transpose()?;
+        let bias = bias
+            .map(|b| self.upload_f32(vec![b.len()], b))
+            .transpose()?;
         Ok(Linear {
             din,
             dout,
@@ -466,7 +514,11 @@ impl Backend for CudaBackend {
         let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
         let any_bias = convs.iter().any(|cv| cv.bias.is_some());
         for (m, cv) in convs.iter().enumerate() {
-            self.copy(self.bf16(&cv.weight)?.ptr(), wall.ptr_mut().offset(m * per_w), per_w)?;
+            self.copy(
+                self.bf16(&cv.weight)?.ptr(),
+                wall.ptr_mut().offset(m * per_w),
+                per_w,
+            )?;
             if let Some(b) = &cv.bias {
                 k::copy_f32(
                     self.d(),
@@ -492,7 +544,10 @@ impl Backend for CudaBackend {
             None,
             Activation::None,
         )?;
-        Ok(Self::wrap(vec![nb, ho, wo, spec.cout], CudaStorage::Bf16(y)))
+        Ok(Self::wrap(
+            vec![nb, ho, wo, spec.cout],
+            CudaStorage::Bf16(y),
+        ))
     }
 
     fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor> {
@@ -522,7 +577,11 @@ impl Backend for CudaBackend {
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
         let d = *x.shape().last().unwrap_or(&0);
         check(d == norm.channels && d > 0, || {
-            format!("layer_norm: input {:?} for dim {}", x.shape(), norm.channels)
+            format!(
+                "layer_norm: input {:?} for dim {}",
+                x.shape(),
+                norm.channels
+            )
         })?;
         let rows = x.numel() / d;
         let mut y = self.alloc_bf16(x.numel())?;
@@ -541,7 +600,13 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
     }
 
-    fn linear(&self, x: &Tensor, lin: &Linear, act: Activation, residual: Option<&Tensor>) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        lin: &Linear,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let shape = x.shape();
         let din = *shape.last().unwrap_or(&0);
         check(din == lin.din && din > 0, || {
@@ -649,7 +714,14 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
     }
 
-    fn attention(&self, q: &Tensor, k_: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k_: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
         let (qs, ks) = (q.shape(), k_.shape());
         check(
             qs.len() == 3 && ks.len() == 3 && ks == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
@@ -667,7 +739,11 @@ impl Backend for CudaBackend {
         let mut y = self.alloc_bf16(q.numel())?;
         if q.numel() > 0 {
             let smem = ((16 * dh + 32 * (dh + 1) + 32 * dh + 4 * 32) * 4) as u32;
-            let cfg = LaunchCfg::grid((lq.div_ceil(16) as u32, heads as u32, n as u32), (128, 1, 1)).with_smem(smem);
+            let cfg = LaunchCfg::grid(
+                (lq.div_ceil(16) as u32, heads as u32, n as u32),
+                (128, 1, 1),
+            )
+            .with_smem(smem);
             k::attention_bf16(
                 self.d(),
                 cfg,
@@ -755,7 +831,11 @@ impl Backend for CudaBackend {
         })?;
         let per = x.numel().checked_div(n).unwrap_or(0);
         let mut y = self.alloc_bf16(len * per)?;
-        self.copy(self.bf16(x)?.ptr().offset(start * per), y.ptr_mut(), len * per)?;
+        self.copy(
+            self.bf16(x)?.ptr().offset(start * per),
+            y.ptr_mut(),
+            len * per,
+        )?;
         let mut oshape = shape.to_vec();
         oshape[0] = len;
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
@@ -765,7 +845,9 @@ impl Backend for CudaBackend {
         check(!parts.is_empty(), || "concat_batch: no tensors".into())?;
         let rest = &parts[0].shape()[1..];
         check(
-            parts.iter().all(|p| !p.shape().is_empty() && &p.shape()[1..] == rest),
+            parts
+                .iter()
+                .all(|p| !p.shape().is_empty() && &p.shape()[1..] == rest),
             || {
                 format!(
                     "concat_batch: shapes {:?}",

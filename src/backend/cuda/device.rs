@@ -81,7 +81,8 @@ impl KernelArg {
 }
 
 /// Host entry of an emulated kernel (generated `extern "C"` wrapper).
-pub type EmuFn = unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, u32, *const *mut std::ffi::c_void);
+pub type EmuFn =
+    unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, u32, *const *mut std::ffi::c_void);
 
 /// A kernel source file: embedded source (own headers inlined) and PTX when NVRTC ran at build.
 #[derive(Debug)]
@@ -146,6 +147,10 @@ pub trait Device: Send + Sync {
     fn launch(&self, kernel: &KernelDef, cfg: LaunchCfg, args: &[KernelArg]) -> Result<()>;
     /// Wait until every launch has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Free device memory in bytes, when the device can tell (a GPU); `None` otherwise.
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// Most blocks worth launching for a grid-stride kernel (any grid is correct for those).
     /// A GPU wants many; the emulated device runs blocks one after another and pays for each.
     fn grid_stride_blocks(&self) -> u32 {

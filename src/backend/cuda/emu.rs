@@ -39,7 +39,9 @@ fn err(msg: String) -> Error {
 
 fn check_range(buf: &RawBuf, offset: usize, len: usize) -> Result<()> {
     if offset.checked_add(len).is_none_or(|end| end > buf.bytes()) {
-        return Err(err(format!("copy of {len} bytes at offset {offset} outside {buf:?}")));
+        return Err(err(format!(
+            "copy of {len} bytes at offset {offset} outside {buf:?}"
+        )));
     }
     Ok(())
 }
@@ -54,16 +56,32 @@ impl Device for EmuDevice {
         if ptr.is_null() {
             return Err(err(format!("out of host memory allocating {bytes} bytes")));
         }
-        Ok(RawBuf::new(ptr as u64, bytes, Box::new(HostAlloc { ptr, layout })))
+        Ok(RawBuf::new(
+            ptr as u64,
+            bytes,
+            Box::new(HostAlloc { ptr, layout }),
+        ))
     }
     fn upload(&self, dst: &RawBuf, offset: usize, src: &[u8]) -> Result<()> {
         check_range(dst, offset, src.len())?;
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (dst.addr() as *mut u8).add(offset), src.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                (dst.addr() as *mut u8).add(offset),
+                src.len(),
+            )
+        };
         Ok(())
     }
     fn download(&self, src: &RawBuf, offset: usize, dst: &mut [u8]) -> Result<()> {
         check_range(src, offset, dst.len())?;
-        unsafe { std::ptr::copy_nonoverlapping((src.addr() as *const u8).add(offset), dst.as_mut_ptr(), dst.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (src.addr() as *const u8).add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
         Ok(())
     }
     fn launch(&self, kernel: &KernelDef, cfg: LaunchCfg, args: &[KernelArg]) -> Result<()> {
@@ -73,7 +91,10 @@ impl Device for EmuDevice {
             .ok_or_else(|| err(format!("kernel `{}` has no emulated twin", kernel.name)))?;
         let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
         if threads == 0 || threads > 1024 {
-            return Err(err(format!("kernel `{}`: block of {threads} threads", kernel.name)));
+            return Err(err(format!(
+                "kernel `{}`: block of {threads} threads",
+                kernel.name
+            )));
         }
         let mut vals = args.to_vec();
         let ptrs: Vec<*mut std::ffi::c_void> = vals.iter_mut().map(|a| a.as_void_ptr()).collect();

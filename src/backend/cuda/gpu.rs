@@ -61,19 +61,24 @@ impl GpuDevice {
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() {
             return Err(Error::DeviceUnavailable(
-                "the CUDA driver library (libcuda.so) is not installed or not on the loader path".into(),
+                "the CUDA driver library (libcuda.so) is not installed or not on the loader path"
+                    .into(),
             ));
         }
-        let count = CudaContext::device_count()
-            .map_err(|e| Error::DeviceUnavailable(format!("CUDA driver present but unusable: {e}")))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            Error::DeviceUnavailable(format!("CUDA driver present but unusable: {e}"))
+        })?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::DeviceUnavailable(format!(
                 "cuda:{ordinal} requested, {count} CUDA device(s) present"
             )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| Error::DeviceUnavailable(format!("cuda:{ordinal}: {e}")))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| Error::DeviceUnavailable(format!("cuda:{ordinal}: {e}")))?;
         let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
-        let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(GpuDevice {
             label: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
@@ -86,7 +91,9 @@ impl GpuDevice {
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(drv("binding the context"))
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("binding the context"))
     }
 
     fn load_module(&self, index: usize) -> Result<Module> {
@@ -101,8 +108,9 @@ impl GpuDevice {
         }
         let ptx = compile_at_runtime(def.name, def.source, &self.arch)?;
         let image = CString::new(ptx).expect("PTX has no NUL");
-        let m = unsafe { cu::module::load_data(image.as_ptr() as *const _) }
-            .map_err(drv(&format!("loading run-time PTX of kernels/{}.cu", def.name)))?;
+        let m = unsafe { cu::module::load_data(image.as_ptr() as *const _) }.map_err(drv(
+            &format!("loading run-time PTX of kernels/{}.cu", def.name),
+        ))?;
         Ok(Module(m))
     }
 
@@ -116,7 +124,8 @@ impl GpuDevice {
         }
         let module = modules[kernel.module].as_ref().unwrap().0;
         let name = CString::new(kernel.name).expect("kernel names have no NUL");
-        let f = unsafe { cu::module::get_function(module, name) }.map_err(drv(&format!("kernel `{}`", kernel.name)))?;
+        let f = unsafe { cu::module::get_function(module, name) }
+            .map_err(drv(&format!("kernel `{}`", kernel.name)))?;
         let f = Func(f);
         self.functions.lock().unwrap().insert(kernel.name, f);
         Ok(f)
@@ -152,7 +161,9 @@ impl Device for GpuDevice {
     }
     fn upload(&self, dst: &RawBuf, offset: usize, src: &[u8]) -> Result<()> {
         if offset + src.len() > dst.bytes() {
-            return Err(drv("upload")(cu::DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE)));
+            return Err(drv("upload")(cu::DriverError(
+                sys::CUresult::CUDA_ERROR_INVALID_VALUE,
+            )));
         }
         self.bind()?;
         unsafe { cu::memcpy_htod_async(dst.addr() + offset as u64, src, self.stream.cu_stream()) }
@@ -186,7 +197,8 @@ impl Device for GpuDevice {
             .map_err(drv(&format!("kernel `{}`: shared memory", kernel.name)))?;
         }
         let mut vals = args.to_vec();
-        let mut ptrs: Vec<*mut std::ffi::c_void> = vals.iter_mut().map(|a| a.as_void_ptr()).collect();
+        let mut ptrs: Vec<*mut std::ffi::c_void> =
+            vals.iter_mut().map(|a| a.as_void_ptr()).collect();
         // Parameter values are copied by the driver during the call.
         unsafe {
             cu::launch_kernel(
@@ -200,6 +212,11 @@ impl Device for GpuDevice {
         }
         .map_err(drv(&format!("launching `{}`", kernel.name)))
     }
+    fn free_memory(&self) -> Option<u64> {
+        self.bind().ok()?;
+        cu::mem_get_info().ok().map(|(free, _total)| free as u64)
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         self.stream.synchronize().map_err(drv("synchronize"))
@@ -214,7 +231,9 @@ fn include_dirs() -> Vec<PathBuf> {
     }
     v.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda/nvidia/cu13/include"));
     v.push(PathBuf::from("/usr/local/cuda/include"));
-    v.into_iter().filter(|p| p.join("cuda_bf16.h").exists()).collect()
+    v.into_iter()
+        .filter(|p| p.join("cuda_bf16.h").exists())
+        .collect()
 }
 
 /// Make the run-time NVRTC loadable: on the loader path, or by full path from
@@ -265,13 +284,18 @@ fn compile_at_runtime(module: &str, source: &str, arch: &str) -> Result<String> 
     let arch: &'static str = Box::leak(arch.to_string().into_boxed_str());
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
-        include_paths: include_dirs().iter().map(|p| p.display().to_string()).collect(),
+        include_paths: include_dirs()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         options: vec!["--std=c++17".into()],
         name: Some(format!("{module}.cu")),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => fail(format!("NVRTC: {}", log.to_string_lossy())),
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            fail(format!("NVRTC: {}", log.to_string_lossy()))
+        }
         other => fail(format!("NVRTC: {other:?}")),
     })?;
     Ok(ptx.to_src())

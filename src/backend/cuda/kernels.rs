@@ -4,7 +4,9 @@
 #![allow(clippy::all)]
 
 #[allow(unused_imports)]
-use super::device::{Bf16, DevPtr, DevPtrMut, Device, EmuFn, KernelArg, KernelDef, LaunchCfg, ModuleDef, F16};
+use super::device::{
+    Bf16, DevPtr, DevPtrMut, Device, EmuFn, KernelArg, KernelDef, LaunchCfg, ModuleDef, F16,
+};
 use crate::error::Result;
 
 include!(concat!(env!("OUT_DIR"), "/launchers.rs"));

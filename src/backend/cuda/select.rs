@@ -24,7 +24,10 @@ pub fn select_backend(spec: &str) -> Result<(Arc<dyn Backend>, String)> {
                 let msg = format!("device: {}", b.name());
                 Ok((Arc::new(b), msg))
             }
-            Err(e) => Ok((Arc::new(CpuBackend::new()), format!("device: cpu (no usable GPU: {e})"))),
+            Err(e) => Ok((
+                Arc::new(CpuBackend::new()),
+                format!("device: cpu (no usable GPU: {e})"),
+            )),
         },
         "emu" => emu_backend(),
         _ => {

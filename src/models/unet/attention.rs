@@ -32,7 +32,14 @@ fn linear_any(b: &dyn Backend, v: &View, names: &[&str], c: usize) -> Result<Lin
 }
 
 impl AttentionBlock {
-    pub fn load(b: &dyn Backend, v: &View, channels: usize, heads: usize, groups: usize, eps: f32) -> Result<Self> {
+    pub fn load(
+        b: &dyn Backend,
+        v: &View,
+        channels: usize,
+        heads: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self> {
         let gn = v.pp("group_norm");
         let gamma = gn.get("weight", &[channels])?;
         let beta = gn.get("bias", &[channels])?;
@@ -50,7 +57,9 @@ impl AttentionBlock {
     /// `x + out(attn(q, k, v))` over the `h*w` positions of NHWC `x`.
     pub fn forward(&self, b: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
-        let normed = b.group_norm(x, &self.norm, false)?.reshape(vec![n, h * w, c]);
+        let normed = b
+            .group_norm(x, &self.norm, false)?
+            .reshape(vec![n, h * w, c]);
         let q = b.linear(&normed, &self.q, Activation::None, None)?;
         let k = b.linear(&normed, &self.k, Activation::None, None)?;
         let v = b.linear(&normed, &self.v, Activation::None, None)?;

@@ -75,11 +75,22 @@ impl UNetConfig {
         if down_names.len() != block_out_channels.len() {
             return Err(c.err(
                 "down_block_types",
-                format!("{} entries for {} block_out_channels", down_names.len(), block_out_channels.len()),
+                format!(
+                    "{} entries for {} block_out_channels",
+                    down_names.len(),
+                    block_out_channels.len()
+                ),
             ));
         }
         if up_names.len() != down_names.len() {
-            return Err(c.err("up_block_types", format!("{} entries for {} down blocks", up_names.len(), down_names.len())));
+            return Err(c.err(
+                "up_block_types",
+                format!(
+                    "{} entries for {} down blocks",
+                    up_names.len(),
+                    down_names.len()
+                ),
+            ));
         }
         let down_blocks = down_names
             .iter()
@@ -132,7 +143,9 @@ impl UNetConfig {
             if ch % norm_num_groups != 0 {
                 return Err(c.err(
                     "norm_num_groups",
-                    format!("{norm_num_groups} groups do not divide {ch} channels (block_out_channels)"),
+                    format!(
+                        "{norm_num_groups} groups do not divide {ch} channels (block_out_channels)"
+                    ),
                 ));
             }
         }
@@ -146,7 +159,10 @@ impl UNetConfig {
                     || up_blocks[block_out_channels.len() - 1 - i] == UpKind::AttnUp
                     || i + 1 == block_out_channels.len();
                 if uses_attn && ch % d != 0 {
-                    return Err(c.err("attention_head_dim", format!("{d} does not divide {ch} channels")));
+                    return Err(c.err(
+                        "attention_head_dim",
+                        format!("{d} does not divide {ch} channels"),
+                    ));
                 }
             }
         }
@@ -159,7 +175,9 @@ impl UNetConfig {
             return Err(c.unsupported("layers_per_block", 0));
         }
         let freq_shift = c.f64_or("freq_shift", 0.0)?;
-        let time_embed_dim = c.usize_opt("time_embedding_dim")?.unwrap_or(block_out_channels[0] * 4);
+        let time_embed_dim = c
+            .usize_opt("time_embedding_dim")?
+            .unwrap_or(block_out_channels[0] * 4);
         let cfg = UNetConfig {
             sample_size,
             in_channels: c.usize_or("in_channels", 3)?,
@@ -181,7 +199,10 @@ impl UNetConfig {
             add_attention: c.bool_or("add_attention", true)?,
         };
         if cfg.block_out_channels[0] / 2 == 0 {
-            return Err(c.unsupported("block_out_channels", format!("{:?}", cfg.block_out_channels)));
+            return Err(c.unsupported(
+                "block_out_channels",
+                format!("{:?}", cfg.block_out_channels),
+            ));
         }
         if (cfg.block_out_channels[0] / 2) as f64 == freq_shift {
             return Err(c.unsupported("freq_shift", freq_shift));
@@ -189,7 +210,11 @@ impl UNetConfig {
         if cfg.sample_size % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
             return Err(c.err(
                 "sample_size",
-                format!("{} is not divisible by 2^{} (number of downsamplings)", cfg.sample_size, cfg.block_out_channels.len() - 1),
+                format!(
+                    "{} is not divisible by 2^{} (number of downsamplings)",
+                    cfg.sample_size,
+                    cfg.block_out_channels.len() - 1
+                ),
             ));
         }
         Ok(cfg)
@@ -213,7 +238,12 @@ impl UNetConfig {
 pub fn check_class(cfg: &UNetConfig, class: usize) -> Result<()> {
     match cfg.num_class_embeds {
         Some(n) if class < n => Ok(()),
-        Some(n) => Err(Error::arg(format!("class {class} is out of range: the model has {n} classes (0..{})", n - 1))),
-        None => Err(Error::arg(format!("class {class} given, but the model is not class-conditional"))),
+        Some(n) => Err(Error::arg(format!(
+            "class {class} is out of range: the model has {n} classes (0..{})",
+            n - 1
+        ))),
+        None => Err(Error::arg(format!(
+            "class {class} given, but the model is not class-conditional"
+        ))),
     }
 }

@@ -64,7 +64,10 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
     }
     Err(Error::io(
         &p,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "model weights not found (expected diffusion_pytorch_model.safetensors)"),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "model weights not found (expected diffusion_pytorch_model.safetensors)",
+        ),
     ))
 }
 
@@ -85,7 +88,13 @@ impl UNet {
         let g = cfg.norm_num_groups;
         let eps = cfg.norm_eps as f32;
         let temb = cfg.time_embed_dim;
-        let conv_in = layers::conv(b, &r, "conv_in", ConvSpec::new(cfg.in_channels, ch[0], 3, 1, 1), true)?;
+        let conv_in = layers::conv(
+            b,
+            &r,
+            "conv_in",
+            ConvSpec::new(cfg.in_channels, ch[0], 3, 1, 1),
+            true,
+        )?;
         let tv = r.pp("time_embedding");
         let time_lin1 = layers::linear(b, &tv, "linear_1", ch[0], temb, true)?;
         let time_lin2 = layers::linear(b, &tv, "linear_2", temb, temb, true)?;
@@ -104,9 +113,24 @@ impl UNet {
             let mut attentions = Vec::new();
             for j in 0..cfg.layers_per_block {
                 let cin = if j == 0 { in_ch } else { out_ch };
-                resnets.push(ResnetBlock::load(b, &v.pp("resnets").pp(j), cin, out_ch, temb, g, eps)?);
+                resnets.push(ResnetBlock::load(
+                    b,
+                    &v.pp("resnets").pp(j),
+                    cin,
+                    out_ch,
+                    temb,
+                    g,
+                    eps,
+                )?);
                 if *kind == DownKind::AttnDown {
-                    attentions.push(AttentionBlock::load(b, &v.pp("attentions").pp(j), out_ch, cfg.heads(out_ch), g, eps)?);
+                    attentions.push(AttentionBlock::load(
+                        b,
+                        &v.pp("attentions").pp(j),
+                        out_ch,
+                        cfg.heads(out_ch),
+                        g,
+                        eps,
+                    )?);
                 }
             }
             let downsample = if last {
@@ -117,7 +141,13 @@ impl UNet {
                     pad_end: if p == 0 { 1 } else { 0 },
                     ..ConvSpec::new(out_ch, out_ch, 3, 2, p)
                 };
-                Some(layers::conv(b, &v.pp("downsamplers").pp(0), "conv", spec, true)?)
+                Some(layers::conv(
+                    b,
+                    &v.pp("downsamplers").pp(0),
+                    "conv",
+                    spec,
+                    true,
+                )?)
             };
             down.push(DownBlock {
                 resnets,
@@ -133,7 +163,14 @@ impl UNet {
         ];
         let mid_attention = if cfg.add_attention {
             let ag = cfg.attn_norm_num_groups.unwrap_or(g);
-            Some(AttentionBlock::load(b, &mv.pp("attentions").pp(0), mid_ch, cfg.heads(mid_ch), ag, eps)?)
+            Some(AttentionBlock::load(
+                b,
+                &mv.pp("attentions").pp(0),
+                mid_ch,
+                cfg.heads(mid_ch),
+                ag,
+                eps,
+            )?)
         } else {
             None
         };
@@ -151,15 +188,36 @@ impl UNet {
             for j in 0..n {
                 let skip = if j == n - 1 { in_ch } else { out_ch };
                 let cin = if j == 0 { prev } else { out_ch };
-                resnets.push(ResnetBlock::load(b, &v.pp("resnets").pp(j), cin + skip, out_ch, temb, g, eps)?);
+                resnets.push(ResnetBlock::load(
+                    b,
+                    &v.pp("resnets").pp(j),
+                    cin + skip,
+                    out_ch,
+                    temb,
+                    g,
+                    eps,
+                )?);
                 if *kind == UpKind::AttnUp {
-                    attentions.push(AttentionBlock::load(b, &v.pp("attentions").pp(j), out_ch, cfg.heads(out_ch), g, eps)?);
+                    attentions.push(AttentionBlock::load(
+                        b,
+                        &v.pp("attentions").pp(j),
+                        out_ch,
+                        cfg.heads(out_ch),
+                        g,
+                        eps,
+                    )?);
                 }
             }
             let upsample = if i + 1 == ch.len() {
                 None
             } else {
-                Some(layers::conv(b, &v.pp("upsamplers").pp(0), "conv", ConvSpec::new(out_ch, out_ch, 3, 1, 1), true)?)
+                Some(layers::conv(
+                    b,
+                    &v.pp("upsamplers").pp(0),
+                    "conv",
+                    ConvSpec::new(out_ch, out_ch, 3, 1, 1),
+                    true,
+                )?)
             };
             up.push(UpBlock {
                 resnets,
@@ -171,7 +229,11 @@ impl UNet {
         let co = r.pp(LAST_LAYER);
         let conv_out_weight = co.get("weight", &[cfg.out_channels, ch[0], 3, 3])?;
         let conv_out_bias = co.get("bias", &[cfg.out_channels])?;
-        let conv_out = b.prepare_conv(ConvSpec::new(ch[0], cfg.out_channels, 3, 1, 1), &conv_out_weight, Some(&conv_out_bias))?;
+        let conv_out = b.prepare_conv(
+            ConvSpec::new(ch[0], cfg.out_channels, 3, 1, 1),
+            &conv_out_weight,
+            Some(&conv_out_bias),
+        )?;
         Ok(UNet {
             config: cfg,
             dir: w.path().parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -215,7 +277,9 @@ impl UNet {
         let half = dim / 2;
         let shift = self.config.freq_shift as f32;
         let ln = -(10000f64.ln() as f32);
-        let freqs: Vec<f32> = (0..half).map(|i| ((ln * i as f32) / (half as f32 - shift)).exp()).collect();
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| ((ln * i as f32) / (half as f32 - shift)).exp())
+            .collect();
         let mut out = vec![0.0f32; t.len() * dim];
         for (n, &tn) in t.iter().enumerate() {
             let row = &mut out[n * dim..(n + 1) * dim];
@@ -244,7 +308,10 @@ impl UNet {
         let emb = match (&self.class_embedding, class) {
             (Some(table), Some(cls)) => {
                 if cls.len() != n {
-                    return Err(Error::arg(format!("{} class labels for a batch of {n}", cls.len())));
+                    return Err(Error::arg(format!(
+                        "{} class labels for a batch of {n}",
+                        cls.len()
+                    )));
                 }
                 let d = self.config.time_embed_dim;
                 let mut rows = Vec::with_capacity(n * d);
@@ -256,10 +323,14 @@ impl UNet {
                 b.linear(&h, &self.time_lin2, Activation::None, Some(&ce))?
             }
             (Some(_), None) => {
-                return Err(Error::arg("the model is class-conditional: class labels are required"));
+                return Err(Error::arg(
+                    "the model is class-conditional: class labels are required",
+                ));
             }
             (None, Some(_)) => {
-                return Err(Error::arg("class labels given, but the model is not class-conditional"));
+                return Err(Error::arg(
+                    "class labels given, but the model is not class-conditional",
+                ));
             }
             (None, None) => b.linear(&h, &self.time_lin2, Activation::None, None)?,
         };
@@ -269,7 +340,13 @@ impl UNet {
     /// Everything before the last layer: returns `silu(conv_norm_out(h))`, NHWC with
     /// `block_out_channels[0]` channels — the input of `conv_out`.
     /// `x`: NHWC `[n, s, s, in_channels]`; `t`: one timestep per sample.
-    pub fn trunk(&self, b: &dyn Backend, x: &Tensor, t: &[f32], class: Option<&[usize]>) -> Result<Tensor> {
+    pub fn trunk(
+        &self,
+        b: &dyn Backend,
+        x: &Tensor,
+        t: &[f32],
+        class: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         let cfg = &self.config;
         if c != cfg.in_channels || h != w || h % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
@@ -281,11 +358,17 @@ impl UNet {
             )));
         }
         if t.len() != n {
-            return Err(Error::arg(format!("{} timesteps for a batch of {n}", t.len())));
+            return Err(Error::arg(format!(
+                "{} timesteps for a batch of {n}",
+                t.len()
+            )));
         }
         let x = if cfg.center_input_sample {
             let d = b.download(x)?;
-            b.upload(x.shape(), &d.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>())?
+            b.upload(
+                x.shape(),
+                &d.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>(),
+            )?
         } else {
             x.clone()
         };
@@ -328,9 +411,37 @@ impl UNet {
     }
 
     /// The full forward pass: `conv_out(trunk(x))`, NHWC `[n, s, s, out_channels]`.
-    pub fn forward(&self, b: &dyn Backend, x: &Tensor, t: &[f32], class: Option<&[usize]>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        b: &dyn Backend,
+        x: &Tensor,
+        t: &[f32],
+        class: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let h = self.trunk(b, x, t, class)?;
         b.conv2d(&h, &self.conv_out, None)
+    }
+
+    /// Peak activation memory of one sample's forward pass, in elements (an upper estimate):
+    /// every skip connection stays alive until the up path consumes it, plus a few working
+    /// tensors at the widest resolution and the attention score matrices.
+    pub fn activation_elements_per_sample(&self) -> u64 {
+        let c = &self.config;
+        let mut total = 0u64;
+        let mut widest = 0u64;
+        for (l, &ch) in c.block_out_channels.iter().enumerate() {
+            let side = (c.sample_size >> l) as u64;
+            let level = ch as u64 * side * side;
+            // Skips kept for the up path (resnets + downsampler) and the concatenated inputs.
+            total += level * (c.layers_per_block as u64 + 2);
+            widest = widest.max(level);
+            let attn = c.down_blocks[l] == DownKind::AttnDown
+                || c.up_blocks[c.block_out_channels.len() - 1 - l] == UpKind::AttnUp;
+            if attn {
+                total += c.heads(ch) as u64 * (side * side) * (side * side);
+            }
+        }
+        total + 6 * widest
     }
 
     /// A human-readable summary of the architecture (for `uqengine info`).
@@ -338,9 +449,20 @@ impl UNet {
         let c = &self.config;
         let mut s = String::new();
         s += &format!("UNet2DModel  {}\n", self.dir.display());
-        s += &format!("  parameters        {} ({:.2} M), stored as {}\n", self.num_params, self.num_params as f64 / 1e6, self.weights_dtype);
-        s += &format!("  sample            {}x{}x{} -> {} channels\n", c.sample_size, c.sample_size, c.in_channels, c.out_channels);
-        s += &format!("  block channels    {:?}, {} layers per block\n", c.block_out_channels, c.layers_per_block);
+        s += &format!(
+            "  parameters        {} ({:.2} M), stored as {}\n",
+            self.num_params,
+            self.num_params as f64 / 1e6,
+            self.weights_dtype
+        );
+        s += &format!(
+            "  sample            {}x{}x{} -> {} channels\n",
+            c.sample_size, c.sample_size, c.in_channels, c.out_channels
+        );
+        s += &format!(
+            "  block channels    {:?}, {} layers per block\n",
+            c.block_out_channels, c.layers_per_block
+        );
         s += &format!("  down blocks       {:?}\n", c.down_blocks);
         s += &format!("  up blocks         {:?}\n", c.up_blocks);
         s += &format!(
@@ -351,17 +473,24 @@ impl UNet {
             },
             c.add_attention
         );
-        s += &format!("  norm              {} groups, eps {:e}\n", c.norm_num_groups, c.norm_eps);
+        s += &format!(
+            "  norm              {} groups, eps {:e}\n",
+            c.norm_num_groups, c.norm_eps
+        );
         s += &format!(
             "  time embedding    {} dims, flip_sin_to_cos {}, freq_shift {}\n",
             c.time_embed_dim, c.flip_sin_to_cos, c.freq_shift
         );
         s += &format!(
             "  classes           {}\n",
-            c.num_class_embeds.map(|n| n.to_string()).unwrap_or_else(|| "unconditional".into())
+            c.num_class_embeds
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "unconditional".into())
         );
-        s += &format!("  last layer        {LAST_LAYER}: {} -> {} channels, 3x3\n", c.block_out_channels[0], c.out_channels);
+        s += &format!(
+            "  last layer        {LAST_LAYER}: {} -> {} channels, 3x3\n",
+            c.block_out_channels[0], c.out_channels
+        );
         s
     }
 }
-

@@ -29,7 +29,13 @@ impl ResnetBlock {
         eps: f32,
     ) -> Result<Self> {
         let shortcut = if cin != cout {
-            Some(layers::conv(b, v, "conv_shortcut", ConvSpec::new(cin, cout, 1, 1, 0), true)?)
+            Some(layers::conv(
+                b,
+                v,
+                "conv_shortcut",
+                ConvSpec::new(cin, cout, 1, 1, 0),
+                true,
+            )?)
         } else {
             None
         };
