@@ -44,7 +44,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        // Written as a negated `<=` so that NaN counts as a mismatch.
+        .filter(|(_, (g, w))| {
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let bad = !((*g - *w).abs() <= atol + rtol * w.abs());
+            bad
+        })
         .map(|(i, (g, w))| (i, *g, *w))
         .take(5)
         .collect();

@@ -31,6 +31,8 @@ pub fn attention(
     (0..n * heads)
         .into_par_iter()
         .for_each_init(Vec::<f32>::new, |s, job| {
+            // Capture the whole Send wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let optr = optr;
             let (b, h) = (job / heads, job % heads);
             s.resize(lq * lk, 0.0);

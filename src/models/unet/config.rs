@@ -207,7 +207,10 @@ impl UNetConfig {
         if (cfg.block_out_channels[0] / 2) as f64 == freq_shift {
             return Err(c.unsupported("freq_shift", freq_shift));
         }
-        if cfg.sample_size % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
+        if !cfg
+            .sample_size
+            .is_multiple_of(1 << (cfg.block_out_channels.len() - 1))
+        {
             return Err(c.err(
                 "sample_size",
                 format!(
