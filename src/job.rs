@@ -187,6 +187,30 @@ fn partial_dir(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// An existing non-empty output folder is an error unless `overwrite` (finished work is never
+/// replaced by accident).
+fn check_output_free(out: &Path, overwrite: bool) -> Result<()> {
+    let nonempty = out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if nonempty && !overwrite {
+        return Err(Error::arg(format!(
+            "output folder {} already exists and is not empty (use --overwrite to replace it)",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Move the finished `<out>.partial` folder to `out`, replacing what was there.
+fn publish(part: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        io(out, std::fs::remove_dir_all(out))?;
+    }
+    io(out, std::fs::rename(part, out))
+}
+
 fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
     r.map_err(|e| Error::io(path, e))
 }
@@ -301,17 +325,7 @@ impl SampleJob {
 
         // Output folders.
         let out = &self.out_dir;
-        if out.exists() && !self.overwrite {
-            let nonempty = std::fs::read_dir(out)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true);
-            if nonempty {
-                return Err(Error::arg(format!(
-                    "output folder {} already exists and is not empty (use --overwrite to replace it)",
-                    out.display()
-                )));
-            }
-        }
+        check_output_free(out, self.overwrite)?;
         let part = partial_dir(out);
         let identity = self.identity(&unet, k);
         let run_json = part.join("run.json");
@@ -571,10 +585,7 @@ impl SampleJob {
         )?;
         io(&chunks, std::fs::remove_dir_all(&chunks))?;
         io(&run_json, std::fs::remove_file(&run_json))?;
-        if out.exists() {
-            io(out, std::fs::remove_dir_all(out))?;
-        }
-        io(out, std::fs::rename(&part, out))?;
+        publish(&part, out)?;
         Ok(JobReport {
             out_dir: out.clone(),
             num: self.num,
@@ -607,17 +618,7 @@ impl ScoreJob {
         let set = members::scan_members(&self.members_dir)?;
         let clip = ClipVision::load(backend, &self.extractor)?;
         let out = &self.out_dir;
-        if out.exists()
-            && !self.overwrite
-            && std::fs::read_dir(out)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(Error::arg(format!(
-                "output folder {} already exists and is not empty (use --overwrite to replace it)",
-                out.display()
-            )));
-        }
+        check_output_free(out, self.overwrite)?;
         let part = partial_dir(out);
         if part.exists() {
             io(&part, std::fs::remove_dir_all(&part))?;
@@ -671,10 +672,7 @@ impl ScoreJob {
             64,
             Some("most certain first"),
         )?;
-        if out.exists() {
-            io(out, std::fs::remove_dir_all(out))?;
-        }
-        io(out, std::fs::rename(&part, out))?;
+        publish(&part, out)?;
         Ok(JobReport {
             out_dir: out.clone(),
             num: n,
