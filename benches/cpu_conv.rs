@@ -1,7 +1,7 @@
 use std::time::Instant;
-use uqengine::backend::cpu::gemm::sgemm;
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::{Backend, ConvSpec};
+use uqengine::linalg::matmul::sgemm;
 fn main() {
     // Conv throughput of the CPU backend against single-thread GEMM on the same shapes.
     let b = CpuBackend::new();

@@ -4,6 +4,8 @@ pub mod error;
 pub mod io;
 pub mod job;
 pub mod laplace;
+pub mod layout;
+pub mod linalg;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

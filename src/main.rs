@@ -15,7 +15,7 @@ use uqengine::laplace::{FitOptions, FitSet, Hessian};
 use uqengine::models::unet::UNet;
 use uqengine::pipeline::ClassChoice;
 use uqengine::sampler::SamplerKind;
-use uqengine::uncertainty::EntropyOptions;
+use uqengine::uncertainty::{EntropyOptions, Estimator};
 
 /// The built-in demo: a class-conditional MNIST diffusion model shipped with the crate.
 fn demo_dir() -> PathBuf {
@@ -328,9 +328,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
                 let mut u =
                     UncertaintySettings::new(p, extractor_dir(&a.features.extractor, builtin)?);
                 u.draws = a.draws;
-                u.entropy = EntropyOptions {
+                u.estimator = Estimator::GaussianEntropy(EntropyOptions {
                     sigma2: a.features.sigma2,
-                };
+                });
                 u.quantize = !a.features.no_quantize;
                 u.keep = a.keep;
                 u.save_members = a.save_members;
@@ -452,9 +452,9 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         members_dir: a.members.clone(),
         out_dir: a.out.clone(),
         extractor: extractor_dir(&a.features.extractor, false)?,
-        entropy: EntropyOptions {
+        estimator: Estimator::GaussianEntropy(EntropyOptions {
             sigma2: a.features.sigma2,
-        },
+        }),
         seed: a.seed,
         overwrite: a.overwrite,
     };

@@ -8,7 +8,7 @@
 
 use crate::backend::{Backend, Conv2d};
 use crate::error::{Error, Result};
-use crate::io::npy::nchw_to_nhwc;
+use crate::layout::nchw_to_nhwc;
 use crate::models::unet::UNet;
 use crate::rng::{Purpose, Stream};
 use crate::sampler::Sampler;

@@ -1,8 +1,8 @@
 //! Uncertainty estimators over member features.
 //!
-//! Every sample `b` has `K` members (member 0 is the MAP model, members 1.. are weight draws of
+//! Every sample has `K` members (member 0 is the MAP model, members 1.. are weight draws of
 //! the last-layer posterior), each mapped to a `D`-dimensional feature vector `e_k` (CLIP image
-//! embedding in the paper). Features are laid out `[B, K, D]`, row-major, f32.
+//! embedding in the paper). Features of `N` samples are laid out `[N, K, D]`, row-major, f32.
 //!
 //! The paper's estimator (Jazbec et al. 2025, semantic likelihood) is the entropy of the Gaussian
 //! `N(mean_k e_k, diag(v) + sigma2 I)`:
@@ -27,7 +27,7 @@ impl Default for EntropyOptions {
     }
 }
 
-/// An uncertainty estimator: maps `[B, K, D]` member features to one score per sample.
+/// An uncertainty estimator: maps `[N, K, D]` member features to one score per sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Estimator {
     /// Entropy of the diagonal Gaussian semantic likelihood (the paper's default).
@@ -48,28 +48,39 @@ impl Estimator {
         }
     }
 
-    /// Score `b` samples of `k` members with `d`-dimensional features (`[B, K, D]`, f32).
-    /// Lower is more certain.
-    pub fn score(&self, features: &[f32], b: usize, k: usize, d: usize) -> Result<Vec<f64>> {
+    /// The estimator's name and parameters, as recorded in score tables and summaries
+    /// (`{"estimator": name, ...parameters}`).
+    pub fn meta(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("estimator".into(), self.name().into());
         match self {
-            Estimator::GaussianEntropy(opts) => gaussian_entropy(features, b, k, d, opts),
+            Estimator::GaussianEntropy(opts) => m.insert("sigma2".into(), opts.sigma2.into()),
+        };
+        m
+    }
+
+    /// Score `n` samples of `k` members with `d`-dimensional features (`[N, K, D]`, f32).
+    /// Lower is more certain.
+    pub fn score(&self, features: &[f32], n: usize, k: usize, d: usize) -> Result<Vec<f64>> {
+        match self {
+            Estimator::GaussianEntropy(opts) => gaussian_entropy(features, n, k, d, opts),
         }
     }
 }
 
 /// Gaussian entropy of each sample's member features, in nats.
 ///
-/// `features`: `[B, K, D]` row-major f32 (member 0 = MAP, included in the variance like every
+/// `features`: `[N, K, D]` row-major f32 (member 0 = MAP, included in the variance like every
 /// other member). One pass over the members: per dimension the sums of `e` and `e^2` are
 /// accumulated in f64, member after member, then `v_d = S2 / K - (S1 / K)^2`, clipped at 0.
 /// f64 matters: features near 1e3 lose the whole variance to cancellation in f32.
 ///
-/// Errors: `K < 2` (a variance needs two members), `D == 0`, a length that is not `B*K*D`, a
+/// Errors: `K < 2` (a variance needs two members), `D == 0`, a length that is not `N*K*D`, a
 /// `sigma2` that is not finite and positive, or a non-finite feature (named by sample, member and
 /// dimension).
 pub fn gaussian_entropy(
     features: &[f32],
-    b: usize,
+    n: usize,
     k: usize,
     d: usize,
     opts: &EntropyOptions,
@@ -82,13 +93,13 @@ pub fn gaussian_entropy(
     if d == 0 {
         return Err(Error::arg("gaussian entropy: feature dimension D is 0"));
     }
-    let expected = b
+    let expected = n
         .checked_mul(k)
         .and_then(|n| n.checked_mul(d))
-        .ok_or_else(|| Error::arg(format!("gaussian entropy: shape [{b}, {k}, {d}] overflows")))?;
+        .ok_or_else(|| Error::arg(format!("gaussian entropy: shape [{n}, {k}, {d}] overflows")))?;
     if features.len() != expected {
         return Err(Error::arg(format!(
-            "gaussian entropy: {} feature values, expected B*K*D = {b}*{k}*{d} = {expected}",
+            "gaussian entropy: {} feature values, expected N*K*D = {n}*{k}*{d} = {expected}",
             features.len()
         )));
     }
@@ -112,7 +123,7 @@ pub fn gaussian_entropy(
     let kf = k as f64;
     let mut s1 = vec![0.0f64; d];
     let mut s2 = vec![0.0f64; d];
-    let mut out = Vec::with_capacity(b);
+    let mut out = Vec::with_capacity(n);
     for sample in features.chunks_exact(k * d) {
         s1.fill(0.0);
         s2.fill(0.0);

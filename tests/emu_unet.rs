@@ -12,7 +12,7 @@ use common::{fixture, max_abs, max_abs_diff, npy};
 use uqengine::backend::cuda::gpu::GpuDevice;
 use uqengine::backend::cuda::CudaBackend;
 use uqengine::backend::Backend;
-use uqengine::io::npy::{nchw_to_nhwc, nhwc_to_nchw};
+use uqengine::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use uqengine::models::unet::UNet;
 
 const MODELS: [&str; 3] = [

@@ -16,11 +16,11 @@ use common::{assert_close, fixture, npy};
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
 use uqengine::io::images_in::{class_labels, list_images, load_training_image};
-use uqengine::io::npy::nchw_to_nhwc;
 use uqengine::laplace::{
     fit, fit_draws, fit_with_inputs, FitInputs, FitOptions, FitSet, Hessian, Posterior,
     PosteriorParts,
 };
+use uqengine::layout::nchw_to_nhwc;
 use uqengine::models::unet::UNet;
 use uqengine::sampler::SchedulerConfig;
 

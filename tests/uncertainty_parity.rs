@@ -150,7 +150,7 @@ fn bad_shapes_sigma2_and_non_finite_features_are_errors() {
     assert!(gaussian_entropy(&f, 2, 3, 5, &opts)
         .unwrap_err()
         .to_string()
-        .contains("B*K*D"));
+        .contains("N*K*D"));
     assert!(gaussian_entropy(&f[..0], 0, 3, 0, &opts).is_err());
     for sigma2 in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(

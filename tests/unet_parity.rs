@@ -8,7 +8,7 @@ mod common;
 use common::{assert_close, fixture, max_abs, max_abs_diff, npy};
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
-use uqengine::io::npy::{nchw_to_nhwc, nhwc_to_nchw};
+use uqengine::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use uqengine::models::unet::UNet;
 use uqengine::sampler::{Sampler, SamplerKind, SchedulerConfig};
 

@@ -6,7 +6,7 @@ use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 
 use crate::error::{Error, Result};
-use crate::io::npy::write_atomic;
+use crate::io::fs::write_atomic;
 
 /// Quantise model-space pixels (any layout, values nominally in [-1, 1]) to 8 bits exactly as
 /// diffusers' pipelines do: `(x / 2 + 0.5).clamp(0, 1)` in f32, then `numpy_to_pil`'s

@@ -1,6 +1,7 @@
-//! File formats: .npy arrays, images, score tables, contact sheets.
+//! Files: .npy arrays, images, score tables, contact sheets, and atomic writes.
 pub mod contact_sheet;
 pub mod font;
+pub mod fs;
 pub mod images_in;
 pub mod images_out;
 pub mod members;

@@ -1,7 +1,6 @@
 //! NumPy `.npy` files (version 1/2 headers), little-endian f32, f64, i64 and i32 arrays.
 //! Writes are atomic: a temporary file renamed into place.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -131,45 +130,7 @@ pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Write `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("tmp")
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Write an f32 array to `path` as `.npy`, atomically.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_atomic(path, &encode_f32(shape, data))
-}
-
-/// NCHW -> NHWC.
-pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for i in 0..h * w {
-                y[(b * h * w + i) * c + ch] = x[(b * c + ch) * h * w + i];
-            }
-        }
-    }
-    y
-}
-
-/// NHWC -> NCHW.
-pub fn nhwc_to_nchw(x: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    for b in 0..n {
-        for i in 0..h * w {
-            for ch in 0..c {
-                y[(b * c + ch) * h * w + i] = x[(b * h * w + i) * c + ch];
-            }
-        }
-    }
-    y
+    crate::io::fs::write_atomic(path, &encode_f32(shape, data))
 }

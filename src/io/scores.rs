@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::npy::write_atomic;
+use crate::io::fs::write_atomic;
 
 /// One sample's score.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,10 +8,10 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{FitOptions, Hessian, Posterior, PosteriorParts};
-use crate::backend::cpu::gemm::sgemm_strided;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::images_in::{class_labels, list_images, load_training_image};
+use crate::linalg::matmul::sgemm_strided;
 use crate::models::unet::{UNet, LAST_LAYER};
 use crate::rng::{Purpose, Stream};
 use crate::sampler::PredictionType;

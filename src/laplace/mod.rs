@@ -30,14 +30,12 @@
 //! loss; the other channels get zero curvature (their posterior is the prior).
 
 mod fit;
-mod linalg;
 mod posterior;
 
 pub use fit::{
     fit, fit_draws, fit_with_inputs, make_fit_inputs, patch_order, select_images,
     CurvatureAccumulator, FitInputs, FitSet,
 };
-pub use linalg::{cholesky_lower, solve_lower_transpose_in_place};
 pub use posterior::{Posterior, PosteriorParts, FORMAT, FORMAT_VERSION};
 
 use crate::error::{Error, Result};

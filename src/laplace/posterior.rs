@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use super::linalg::{cholesky_lower, solve_lower_transpose_in_place};
 use super::Hessian;
 use crate::error::{Error, Result};
-use crate::io::npy::write_atomic;
+use crate::io::fs::write_atomic;
+use crate::linalg::{cholesky_lower, solve_lower_transpose_in_place};
 use crate::models::unet::UNet;
 use crate::rng::{Purpose, Stream};
 

@@ -4,7 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::gemm::sgemm_strided;
+use crate::linalg::matmul::sgemm_strided;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

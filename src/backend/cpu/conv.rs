@@ -4,7 +4,7 @@
 
 use crate::backend::ConvSpec;
 
-use super::gemm::rows_times_matrix;
+use crate::linalg::matmul::rows_times_matrix;
 
 /// Reorder PyTorch `[cout, cin, k, k]` weights to `[k*k*cin, cout]`.
 pub fn reorder_oihw(spec: &ConvSpec, w: &[f32]) -> Vec<f32> {

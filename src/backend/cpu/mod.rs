@@ -3,7 +3,6 @@
 
 mod attention;
 mod conv;
-pub mod gemm;
 mod norm;
 
 use rayon::prelude::*;
@@ -233,7 +232,7 @@ impl Backend for CpuBackend {
         };
         let dout = lin.dout;
         let mut out = vec![0.0f32; rows * dout];
-        gemm::rows_times_matrix(
+        crate::linalg::matmul::rows_times_matrix(
             rows,
             din,
             dout,

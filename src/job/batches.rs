@@ -1,0 +1,158 @@
+//! The batch loop. Every unfinished batch runs its samples' `K` member trajectories (in passes
+//! that fit memory) and writes, in this order: the MAP member's images, the member features and
+//! (with `save_members`) every member's image, and last its chunk file, whose presence marks the
+//! batch finished. The readers at the end assemble a whole run from the chunks.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use super::features::extract_features;
+use super::inputs::SampleInputs;
+use super::plan::{passes, BatchPlan};
+use super::run_dir::{io, RunDir};
+use super::sample::UncertaintySettings;
+use super::Progress;
+use crate::error::{Error, Result};
+use crate::io::{images_out, members, npy};
+use crate::layout::nhwc_to_nchw;
+use crate::pipeline::{BatchInput, Generator};
+
+/// One run's batch loop.
+pub(crate) struct BatchLoop<'a> {
+    pub generator: &'a Generator<'a>,
+    pub inputs: &'a SampleInputs,
+    pub uncertainty: Option<&'a UncertaintySettings>,
+    pub plan: BatchPlan,
+    /// Samples per pass through the model.
+    pub pass: usize,
+    pub dir: &'a RunDir,
+}
+
+impl BatchLoop<'_> {
+    /// Samples in batches already finished (by an interrupted run with the same settings).
+    pub fn done(&self) -> usize {
+        self.plan
+            .batches()
+            .filter(|r| self.dir.chunk(r.start).exists())
+            .map(|r| r.len())
+            .sum()
+    }
+
+    /// Run every unfinished batch. Returns the seconds spent in the feature extractor.
+    pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> Result<f64> {
+        let mut feature_seconds = 0.0;
+        for range in self.plan.batches() {
+            if !self.dir.chunk(range.start).exists() {
+                feature_seconds += self.run_batch(range, progress)?;
+            }
+        }
+        Ok(feature_seconds)
+    }
+
+    fn run_batch(&self, range: Range<usize>, progress: &mut dyn FnMut(Progress)) -> Result<f64> {
+        let cfg = &self.inputs.unet.config;
+        let (c, s) = (cfg.in_channels, cfg.sample_size);
+        let per = c * s * s;
+        let k = self.generator.k();
+        let n = range.len();
+        let input = |r: Range<usize>| BatchInput {
+            classes: cfg.num_class_embeds.map(|_| {
+                r.clone()
+                    .map(|i| self.inputs.classes[i].unwrap_or(0))
+                    .collect()
+            }),
+            noise: r
+                .clone()
+                .map(|i| self.inputs.noise.sample(i, c, s))
+                .collect(),
+            indices: r.collect(),
+        };
+        let mut x = Vec::with_capacity(n * k * per);
+        for p in passes(range.clone(), self.pass) {
+            let samples = p.len() as u64;
+            x.extend(
+                self.generator
+                    .run(&input(p), |_| progress(Progress::Advance(samples)))?,
+            );
+        }
+        let member = |j: usize, m: usize| &x[(j * k + m) * per..(j * k + m + 1) * per];
+        for (j, i) in range.clone().enumerate() {
+            let path = self.dir.join("images").join(format!("{i:05}.png"));
+            images_out::write_png(&path, &images_out::to_u8(member(j, 0)), s, s, c)?;
+        }
+        let mut feature_seconds = 0.0;
+        if let (Some(u), Some(uq)) = (self.uncertainty, &self.inputs.uncertainty) {
+            let t0 = Instant::now();
+            let f = extract_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
+            feature_seconds = t0.elapsed().as_secs_f64();
+            npy::write_f32(
+                &self.dir.feature_chunk(range.start),
+                &[n * k, uq.extractor.dim()],
+                &f,
+            )?;
+            if u.save_members {
+                let root = self.dir.join("members");
+                for (j, i) in range.clone().enumerate() {
+                    for m in 0..k {
+                        let path = members::member_image_path(&root, m, i);
+                        let folder = path.parent().expect("a member image has a folder");
+                        io(folder, std::fs::create_dir_all(folder))?;
+                        images_out::write_png(&path, &images_out::to_u8(member(j, m)), s, s, c)?;
+                    }
+                }
+            }
+        }
+        npy::write_f32(
+            &self.dir.chunk(range.start),
+            &[n * k, c, s, s],
+            &nhwc_to_nchw(&x, n * k, s, s, c),
+        )?;
+        Ok(feature_seconds)
+    }
+}
+
+/// The MAP member (`k = 0`) of every sample, NCHW `[num, c, s, s]`, from the run's chunks of
+/// `K = k` members.
+pub(crate) fn read_map_samples(
+    dir: &RunDir,
+    plan: BatchPlan,
+    k: usize,
+    c: usize,
+    s: usize,
+) -> Result<Vec<f32>> {
+    let per = c * s * s;
+    let mut out = Vec::with_capacity(plan.num * per);
+    for range in plan.batches() {
+        let path = dir.chunk(range.start);
+        let a = npy::read(&path)?;
+        if a.shape != [range.len() * k, c, s, s] {
+            return Err(Error::arg(format!(
+                "{}: unexpected shape {:?}",
+                path.display(),
+                a.shape
+            )));
+        }
+        let v = a.to_f32();
+        for j in 0..range.len() {
+            out.extend_from_slice(&v[(j * k) * per..(j * k + 1) * per]);
+        }
+    }
+    Ok(out)
+}
+
+/// Member features `[num, k, d]` of the whole run, from its feature chunks.
+pub(crate) fn read_features(dir: &RunDir, plan: BatchPlan, k: usize, d: usize) -> Result<Vec<f32>> {
+    let mut feats = Vec::with_capacity(plan.num * k * d);
+    for range in plan.batches() {
+        feats.extend(npy::read(&dir.feature_chunk(range.start))?.to_f32());
+    }
+    if feats.len() != plan.num * k * d {
+        return Err(Error::arg(format!(
+            "{}: feature chunks hold {} values, expected {}",
+            dir.join("chunks").display(),
+            feats.len(),
+            plan.num * k * d
+        )));
+    }
+    Ok(feats)
+}

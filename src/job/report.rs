@@ -1,0 +1,131 @@
+//! The report stage: from the member features of a whole set to its score table
+//! (`scores.csv`, `scores.json`), the contact sheet sorted by uncertainty, the kept set
+//! (`keep.txt`, `keep/`) and the summary. Shared by every job that scores a set.
+
+use serde_json::{json, Map, Value};
+
+use super::run_dir::{io, pretty, RunDir};
+use crate::error::Result;
+use crate::io::fs::write_atomic;
+use crate::io::{contact_sheet, npy, scores};
+use crate::uncertainty::{order_ascending, Estimator};
+
+/// An 8-bit image: HWC bytes, height, width, channels.
+pub(crate) type Thumb = (Vec<u8>, usize, usize, usize);
+
+/// A scored set: what the report is made from.
+pub(crate) struct ScoredSet<'a> {
+    /// Sample indices (image names `NNNNN.png`).
+    pub indices: &'a [usize],
+    /// Seed of the run the samples belong to.
+    pub seed: u64,
+    /// Class of every sample, for class-conditional models.
+    pub classes: Option<&'a [usize]>,
+    /// Member features `[n, members, dim]`, member 0 the MAP model.
+    pub features: &'a [f32],
+    pub members: usize,
+    pub dim: usize,
+    /// The MAP image of every sample, for the contact sheet.
+    pub thumbs: &'a [Thumb],
+}
+
+/// What to write besides the score table.
+pub(crate) struct ReportOptions<'a> {
+    pub estimator: &'a Estimator,
+    /// Job-specific entries of the score table's `meta` (next to the estimator's parameters,
+    /// `members` and `feature_dim`).
+    pub meta: Value,
+    /// List the `N` most certain samples in `keep.txt` and copy their images from `images/`
+    /// to `keep/`.
+    pub keep: Option<usize>,
+    /// Also write the features as `features.npy` `[n, members, dim]`.
+    pub save_features: bool,
+}
+
+/// The report's scores and what the summary says of them.
+pub(crate) struct Report {
+    /// Uncertainty per sample, in set order (lower = more certain).
+    pub scores: Vec<f64>,
+    /// The score table's `meta`.
+    pub meta: Value,
+}
+
+impl Report {
+    /// The summary's entries for the scores: estimator and parameters, kept count, range.
+    pub fn summary(&self, keep: Option<usize>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("score".into(), self.meta.clone());
+        m.insert("keep".into(), json!(keep));
+        m.insert(
+            "uncertainty_min".into(),
+            json!(self.scores.iter().cloned().fold(f64::INFINITY, f64::min)),
+        );
+        m.insert(
+            "uncertainty_max".into(),
+            json!(self
+                .scores
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, f64::max)),
+        );
+        m
+    }
+}
+
+/// Score `set` with the estimator and write the score table, the contact sheet, and the kept
+/// set and features when asked, into `dir`.
+pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) -> Result<Report> {
+    let n = set.indices.len();
+    let scores_v = opts
+        .estimator
+        .score(set.features, n, set.members, set.dim)?;
+    let rows = scores::rows_from_scores(set.indices, set.seed, set.classes, &scores_v)?;
+    let mut meta = opts.estimator.meta();
+    meta.insert("members".into(), json!(set.members));
+    meta.insert("feature_dim".into(), json!(set.dim));
+    if let Value::Object(extra) = &opts.meta {
+        meta.extend(extra.clone());
+    }
+    let meta = Value::Object(meta);
+    scores::write_csv(&dir.join("scores.csv"), &rows)?;
+    scores::write_json(&dir.join("scores.json"), &rows, meta.clone())?;
+    let columns = (n as f64).sqrt().ceil().clamp(1.0, 16.0) as usize;
+    contact_sheet::write_contact_sheet(
+        &dir.join("contact_sheet.png"),
+        set.thumbs,
+        &scores_v,
+        &order_ascending(&scores_v),
+        columns,
+        64,
+        Some("most certain first"),
+    )?;
+    if let Some(n_keep) = opts.keep {
+        let kept = scores::keep_list(&rows, n_keep);
+        let text: String = kept.iter().map(|i| format!("{i:05}.png\n")).collect();
+        write_atomic(&dir.join("keep.txt"), text.as_bytes())?;
+        let keep_dir = dir.create_dir("keep")?;
+        for i in &kept {
+            let name = format!("{i:05}.png");
+            io(
+                &keep_dir,
+                std::fs::copy(dir.join("images").join(&name), keep_dir.join(&name)),
+            )?;
+        }
+    }
+    if opts.save_features {
+        npy::write_f32(
+            &dir.join("features.npy"),
+            &[n, set.members, set.dim],
+            set.features,
+        )?;
+    }
+    Ok(Report {
+        scores: scores_v,
+        meta,
+    })
+}
+
+/// Write the run's `summary.json`.
+pub(crate) fn write_summary(dir: &RunDir, summary: &Value) -> Result<()> {
+    write_atomic(&dir.join("summary.json"), pretty(summary).as_bytes())
+}

@@ -1,0 +1,274 @@
+//! The sample job: everything `uqengine sample` does, as a library call.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::batches::{read_features, read_map_samples, BatchLoop};
+use super::inputs::SampleInputs;
+use super::plan::{plan_pass, BatchPlan};
+use super::report::{write_report, write_summary, ReportOptions, ScoredSet, Thumb};
+use super::run_dir::RunDir;
+use super::{JobReport, Progress};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::io::{images_out, npy};
+use crate::layout::nchw_to_nhwc;
+use crate::pipeline::{ClassChoice, Generator};
+use crate::sampler::SamplerKind;
+use crate::uncertainty::Estimator;
+
+/// Settings of a sample run.
+#[derive(Clone, Debug)]
+pub struct SampleJob {
+    pub model_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub num: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub batch: usize,
+    pub classes: ClassChoice,
+    /// Starting noise x_T as `.npy` `[num, c, s, s]` float32 (replaces the generated noise).
+    pub noise_file: Option<PathBuf>,
+    pub sampler: SamplerKind,
+    /// diffusers scheduler-config keys overridden from the command line.
+    pub scheduler_overrides: Vec<(String, String)>,
+    /// Replace an existing output folder.
+    pub overwrite: bool,
+    /// Score every sample by its generative uncertainty (needs a posterior and an extractor).
+    pub uncertainty: Option<UncertaintySettings>,
+    /// Samples per pass through the model (each pass runs `K` members of each). `None`: plan it
+    /// from the backend's memory budget ([`plan_pass`]): a whole batch where it fits, otherwise
+    /// the batch is split into passes instead of running out of memory.
+    pub max_samples_per_pass: Option<usize>,
+}
+
+/// Settings of the uncertainty part of a sample run.
+#[derive(Clone, Debug)]
+pub struct UncertaintySettings {
+    /// Posterior file made by `uqengine fit` for this model.
+    pub posterior: PathBuf,
+    /// Weight draws `M`; every sample runs as `K = M + 1` members (MAP first).
+    pub draws: usize,
+    /// Feature extractor: a Hugging Face `CLIPVisionModelWithProjection` directory.
+    pub extractor: PathBuf,
+    /// How member features become one score per sample.
+    pub estimator: Estimator,
+    /// Quantise member images to 8 bits before the extractor (as saving PNGs does).
+    pub quantize: bool,
+    /// Also list and copy the `N` most certain samples.
+    pub keep: Option<usize>,
+    /// Write all K member images (`members/<m>/imgs/NNNNN.png`) and `features.npy`.
+    pub save_members: bool,
+}
+
+impl UncertaintySettings {
+    /// Defaults: `M = 5`, the paper's Gaussian entropy with sigma^2 = 1e-3, quantised, nothing
+    /// kept, no member images.
+    pub fn new(posterior: PathBuf, extractor: PathBuf) -> Self {
+        UncertaintySettings {
+            posterior,
+            draws: 5,
+            extractor,
+            estimator: Estimator::default(),
+            quantize: true,
+            keep: None,
+            save_members: false,
+        }
+    }
+}
+
+impl SampleJob {
+    fn validate(&self) -> Result<()> {
+        if self.num == 0 {
+            return Err(Error::arg("--num must be at least 1 (got 0)"));
+        }
+        if self.batch == 0 {
+            return Err(Error::arg("--batch must be at least 1 (got 0)"));
+        }
+        if self.steps == 0 {
+            return Err(Error::arg("--steps must be at least 1 (got 0)"));
+        }
+        Ok(())
+    }
+
+    /// The settings that must match for a partial run to be resumed.
+    fn identity(&self, inputs: &SampleInputs) -> Value {
+        json!({
+            "model_fingerprint": inputs.unet.fingerprint(),
+            "num": self.num,
+            "steps": self.steps,
+            "seed": self.seed,
+            "batch": self.batch,
+            "classes": format!("{:?}", self.classes),
+            "noise_file": self.noise_file.as_ref().map(|p| p.display().to_string()),
+            "sampler": format!("{:?}", self.sampler),
+            "scheduler_overrides": self.scheduler_overrides,
+            "members": inputs.members.len(),
+            "uncertainty": self.uncertainty.as_ref().map(|u| json!({
+                "posterior": u.posterior.display().to_string(),
+                "extractor": u.extractor.display().to_string(),
+                "draws": u.draws,
+                "quantize": u.quantize,
+                "save_members": u.save_members,
+            })),
+        })
+    }
+
+    /// Samples per pass: as set, or planned from the backend's memory budget (with a message
+    /// when a batch does not fit in one pass).
+    fn samples_per_pass(
+        &self,
+        backend: &dyn Backend,
+        inputs: &SampleInputs,
+        progress: &mut dyn FnMut(Progress),
+    ) -> usize {
+        let k = inputs.members.len();
+        let per_member = inputs.unet.activation_elements_per_sample() * backend.activation_bytes();
+        let pass = match self.max_samples_per_pass {
+            Some(p) => p.clamp(1, self.batch),
+            None => plan_pass(backend.memory_budget(), per_member, k, self.batch),
+        };
+        if pass < self.batch {
+            progress(Progress::Message(format!(
+                "batches of {} samples x {k} members need about {:.1} GB on {}; running them in passes of {pass}",
+                self.batch,
+                (per_member * (self.batch * k) as u64) as f64 / 1e9,
+                backend.name()
+            )));
+        }
+        pass
+    }
+
+    /// Run the job on `backend`, reporting progress through `progress`: load and check the
+    /// inputs, open (or resume) the output folder, run the unfinished batches, then write the
+    /// samples, the report and the summary, and publish the folder.
+    pub fn run(
+        &self,
+        backend: Arc<dyn Backend>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<JobReport> {
+        let started = Instant::now();
+        self.validate()?;
+        let mut inputs = SampleInputs::load(self, &backend)?;
+        let pass = self.samples_per_pass(backend.as_ref(), &inputs, progress);
+        let dir = RunDir::resume_or_create(&self.out_dir, self.overwrite, &self.identity(&inputs))?;
+        let generator = Generator {
+            backend: backend.as_ref(),
+            unet: &inputs.unet,
+            sampler: &inputs.sampler,
+            members: std::mem::take(&mut inputs.members),
+            seed: self.seed,
+        };
+        let k = generator.k();
+        let plan = BatchPlan {
+            num: self.num,
+            batch: self.batch,
+        };
+        let batches = BatchLoop {
+            generator: &generator,
+            inputs: &inputs,
+            uncertainty: self.uncertainty.as_ref(),
+            plan,
+            pass,
+            dir: &dir,
+        };
+        let done = batches.done();
+        if done > 0 {
+            progress(Progress::Message(format!(
+                "resuming: {done} of {} samples already done",
+                self.num
+            )));
+        }
+        progress(Progress::Start {
+            total: (self.num * self.steps) as u64,
+            done: (done * self.steps) as u64,
+        });
+        let sample_started = Instant::now();
+        let feature_seconds = batches.run(progress)?;
+        let sample_seconds = sample_started.elapsed().as_secs_f64();
+
+        let cfg = &inputs.unet.config;
+        let (c, s) = (cfg.in_channels, cfg.sample_size);
+        let map_samples = read_map_samples(&dir, plan, k, c, s)?;
+        npy::write_f32(&dir.join("samples.npy"), &[self.num, c, s, s], &map_samples)?;
+
+        let uncertainty_summary = match (&self.uncertainty, &inputs.uncertainty) {
+            (Some(u), Some(uq)) => {
+                let d = uq.extractor.dim();
+                let features = read_features(&dir, plan, k, d)?;
+                let per = c * s * s;
+                let thumbs: Vec<Thumb> = map_samples
+                    .chunks_exact(per)
+                    .map(|x| (images_out::to_u8(&nchw_to_nhwc(x, 1, c, s, s)), s, s, c))
+                    .collect();
+                let indices: Vec<usize> = (0..self.num).collect();
+                let classes = inputs.class_labels();
+                let set = ScoredSet {
+                    indices: &indices,
+                    seed: self.seed,
+                    classes: classes.as_deref(),
+                    features: &features,
+                    members: k,
+                    dim: d,
+                    thumbs: &thumbs,
+                };
+                let opts = ReportOptions {
+                    estimator: &u.estimator,
+                    meta: json!({ "draws": u.draws, "quantize": u.quantize }),
+                    keep: u.keep,
+                    save_features: u.save_members,
+                };
+                let report = write_report(&dir, &set, &opts)?;
+                let post = &uq.posterior;
+                let mut summary = report.summary(u.keep);
+                summary.extend(
+                    json!({
+                        "posterior": u.posterior.display().to_string(),
+                        "posterior_hessian": post.hessian().as_str(),
+                        "posterior_images": post.num_images(),
+                        "prior_precision": post.prior_precision(),
+                        "sigma_noise": post.sigma_noise(),
+                        "extractor": u.extractor.display().to_string(),
+                        "extractor_fingerprint": uq.extractor.fingerprint(),
+                        "seconds_features": feature_seconds,
+                    })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                );
+                Value::Object(summary)
+            }
+            _ => Value::Null,
+        };
+        let summary = json!({
+            "model": self.model_dir.display().to_string(),
+            "model_fingerprint": inputs.unet.fingerprint(),
+            "scheduler_config": inputs.scheduler_path.as_ref().map(|p| p.display().to_string()),
+            "sampler": format!("{:?}", self.sampler),
+            "timesteps": inputs.sampler.timesteps(),
+            "num": self.num,
+            "steps": self.steps,
+            "seed": self.seed,
+            "batch": self.batch,
+            "members": k,
+            "backend": backend.name(),
+            "classes": inputs.classes,
+            "resumed_samples": done,
+            "uncertainty": uncertainty_summary,
+            "seconds_sampling": sample_seconds,
+            "seconds_total": started.elapsed().as_secs_f64(),
+        });
+        write_summary(&dir, &summary)?;
+        let out_dir = dir.publish()?;
+        Ok(JobReport {
+            out_dir,
+            num: self.num,
+            members: k,
+            seconds: started.elapsed().as_secs_f64(),
+            resumed_samples: done,
+        })
+    }
+}
