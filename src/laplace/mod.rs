@@ -1,4 +1,4 @@
-//! The last-layer Laplace posterior (ARCHITECTURE.md §1): fitting its curvature on training
+//! The last-layer Laplace posterior (docs/ARCHITECTURE.md, "The method"): fitting its curvature on training
 //! images, the posterior file, and weight draws.
 //!
 //! Only the denoiser's last layer (`conv_out`, a 3x3 convolution `cin -> cout` with bias) is

@@ -1,14 +1,15 @@
 //! Samplers with diffusers' DDIM and DDPM semantics.
 //!
 //! A [`Sampler`] holds the inference timesteps and, for every step, a [`StepCoefficients`]
-//! record. The update of one element is the pure function [`apply_step`], which the CUDA kernel
-//! ports line for line; [`Sampler::step`] is that function mapped over a buffer. The update is
+//! record. The update of one element is the pure function [`apply_step`]; [`Sampler::step`] is
+//! that function mapped over a buffer. Every backend runs it on the host today (the model output
+//! comes back from the device at each step); a device kernel that ports it must match it. The update is
 //! elementwise and identical for every element, so a buffer may hold one sample or a whole batch
 //! in any layout (NHWC in the engine).
 //!
 //! Precision: coefficients are computed in f64 from the f32 `alphas_cumprod` diffusers holds and
 //! rounded once to f32; [`apply_step`] runs in f32 with every multiply and add rounded separately
-//! (no fused multiply-add). A CUDA port matches bit for bit when it uses `__fmul_rn`, `__fadd_rn`,
+//! (no fused multiply-add). A CUDA port would match bit for bit using `__fmul_rn`, `__fadd_rn`,
 //! `__fdiv_rn` (or compiles with `--fmad=false` and IEEE division); diffusers itself computes in
 //! f32 tensors, and agreement with it is within a few f32 ulps of the output scale.
 //!
