@@ -3,6 +3,7 @@ pub mod backend;
 pub mod error;
 pub mod io;
 pub mod job;
+pub mod keep;
 pub mod laplace;
 pub mod layout;
 pub mod linalg;

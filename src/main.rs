@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
 use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, UncertaintySettings};
+use uqengine::keep::KeepPolicy;
 use uqengine::laplace::{FitOptions, FitSet, Hessian};
 use uqengine::models::unet::UNet;
 use uqengine::pipeline::ClassChoice;
@@ -114,6 +115,11 @@ struct SampleArgs {
     /// Also list (keep.txt) and copy (keep/) the N most certain samples.
     #[arg(long)]
     keep: Option<usize>,
+    /// How --keep chooses: per-class (each class's most certain, in proportion to its share of
+    /// the run) or global (the N most certain of the run, the reference code's policy). Default:
+    /// per-class for class-conditional models, global otherwise.
+    #[arg(long, value_name = "global|per-class")]
+    keep_policy: Option<String>,
     /// Write all K member images (members/<m>/imgs/NNNNN.png) and features.npy.
     #[arg(long)]
     save_members: bool,
@@ -333,6 +339,11 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
                 });
                 u.quantize = !a.features.no_quantize;
                 u.keep = a.keep;
+                u.keep_policy = a
+                    .keep_policy
+                    .as_deref()
+                    .map(KeepPolicy::parse)
+                    .transpose()?;
                 u.save_members = a.save_members;
                 Some(u)
             }
@@ -340,6 +351,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     };
     if uncertainty.is_none() && (a.keep.is_some() || a.save_members) {
         bail!("--keep and --save-members need a posterior (--posterior FILE)");
+    }
+    if a.keep_policy.is_some() && a.keep.is_none() {
+        bail!("--keep-policy chooses the kept set: it needs --keep N");
     }
     let job = SampleJob {
         model_dir: model_dir(&a.model)?,

@@ -6,50 +6,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::fixture;
+use common::{arg as s, fixture, random_image_folder, uqengine_cli as uq};
 use uqengine::io::scores::read_csv;
 
 const MODEL: &str = "unet/gray_cond_multihead_f16/model";
 const CLIP: &str = "clip/gray_gelu_f16/model";
 
-fn uq(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_uqengine"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// A class-folder image set of `n` random 8x8 grayscale PNGs (fixed seed).
 fn image_folder(root: &Path, n: usize, size: u32) -> PathBuf {
-    let dir = root.join("data");
-    let mut state = 12345u64;
-    for i in 0..n {
-        let class = i % 10;
-        std::fs::create_dir_all(dir.join(class.to_string())).unwrap();
-        let img = image::GrayImage::from_fn(size, size, |_, _| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            image::Luma([(state >> 56) as u8])
-        });
-        img.save(dir.join(class.to_string()).join(format!("{i:03}.png")))
-            .unwrap();
-    }
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    random_image_folder(root, n, size, 12345)
 }
 
 #[test]

@@ -12,7 +12,7 @@ use uqengine::io::contact_sheet::{
 use uqengine::io::images_out::{to_u8, write_png};
 use uqengine::io::members::{load_member_image, member_image_path, scan_members};
 use uqengine::io::scores::{
-    keep_list, read_csv, read_json, rows_from_scores, write_csv, write_json, ScoreRow, CSV_HEADER,
+    read_csv, read_json, rows_from_scores, write_csv, write_json, ScoreRow, CSV_HEADER,
 };
 use uqengine::uncertainty::order_ascending;
 
@@ -149,26 +149,53 @@ fn csv_round_trips_exactly() {
     assert_eq!(text.lines().next().unwrap(), CSV_HEADER);
     assert_eq!(
         text.lines().nth(1).unwrap(),
-        "10,18446744073709551615,3,-1042.37123456789,0"
+        "10,18446744073709551615,3,-1042.37123456789,0,"
     );
 
-    for r in &mut rows {
+    for (i, r) in rows.iter_mut().enumerate() {
         r.class = None;
+        r.kept = Some(i % 2 == 0);
     }
     write_csv(&path, &rows).unwrap();
     assert_eq!(read_csv(&path).unwrap(), rows);
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
         text.lines().nth(1).unwrap(),
-        "10,18446744073709551615,,-1042.37123456789,0"
+        "10,18446744073709551615,,-1042.37123456789,0,1"
     );
+    assert_eq!(
+        text.lines().nth(4).unwrap(),
+        "13,18446744073709551615,,7,4,0"
+    );
+}
+
+#[test]
+fn csv_without_the_kept_column_still_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("old.csv");
+    std::fs::write(&path, "index,seed,class,uncertainty,rank\n3,7,2,-1.5,0\n").unwrap();
+    let rows = read_csv(&path).unwrap();
+    assert_eq!(
+        rows,
+        vec![ScoreRow {
+            index: 3,
+            seed: 7,
+            class: Some(2),
+            uncertainty: -1.5,
+            rank: 0,
+            kept: None
+        }]
+    );
+    std::fs::write(&path, format!("{CSV_HEADER}\n3,7,2,-1.5,0,yes\n")).unwrap();
+    let e = read_csv(&path).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("`kept` = `yes`"), "{e}");
 }
 
 #[test]
 fn malformed_csv_names_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bad.csv");
-    std::fs::write(&path, format!("{CSV_HEADER}\n0,1,,2.5,0\n1,1,,abc,1\n")).unwrap();
+    std::fs::write(&path, format!("{CSV_HEADER}\n0,1,,2.5,0,\n1,1,,abc,1,\n")).unwrap();
     let e = read_csv(&path).unwrap_err().to_string();
     assert!(
         e.contains("bad.csv") && e.contains("line 3") && e.contains("abc"),
@@ -200,6 +227,7 @@ fn json_round_trips_rows_and_metadata() {
 
 #[test]
 fn keep_list_holds_the_n_most_certain_in_rank_order() {
+    use uqengine::keep::keep_list;
     let rows = sample_rows();
     // Scores: 10 -> -1042.37, 11 -> 1e-300, 12 -> 0.3, 13 -> 7, 14 -> -0.0, 15 -> 12.5.
     assert_eq!(

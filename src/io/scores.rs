@@ -21,22 +21,32 @@ pub struct ScoreRow {
     pub uncertainty: f64,
     /// Position in ascending uncertainty order (0 = most certain).
     pub rank: usize,
+    /// Whether the sample is in the kept set; `None` when the run kept no set.
+    pub kept: Option<bool>,
 }
 
 /// Header line of the CSV table.
-pub const CSV_HEADER: &str = "index,seed,class,uncertainty,rank";
+pub const CSV_HEADER: &str = "index,seed,class,uncertainty,rank,kept";
 
-/// The table as CSV text: header `index,seed,class,uncertainty,rank`, `class` empty when
-/// unconditional, uncertainty written with the shortest digits that read back to the same f64.
+/// Header of tables written before the `kept` column existed (still read).
+const CSV_HEADER_WITHOUT_KEPT: &str = "index,seed,class,uncertainty,rank";
+
+/// The table as CSV text: header `index,seed,class,uncertainty,rank,kept`, `class` empty when
+/// unconditional, uncertainty written with the shortest digits that read back to the same f64,
+/// `kept` 1 or 0 (empty when the run kept no set).
 pub fn to_csv(rows: &[ScoreRow]) -> String {
     let mut s = String::with_capacity(32 * (rows.len() + 1));
     s.push_str(CSV_HEADER);
     s.push('\n');
     for r in rows {
         let class = r.class.map(|c| c.to_string()).unwrap_or_default();
+        let kept = r
+            .kept
+            .map(|k| if k { "1" } else { "0" })
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "{},{},{},{},{}",
+            "{},{},{},{},{},{kept}",
             r.index, r.seed, class, r.uncertainty, r.rank
         );
     }
@@ -48,18 +58,20 @@ pub fn write_csv(path: &Path, rows: &[ScoreRow]) -> Result<()> {
     write_atomic(path, to_csv(rows).as_bytes())
 }
 
-/// Parse CSV text written by [`to_csv`]. `what` names the source in errors.
+/// Parse CSV text written by [`to_csv`] (or an older table without the `kept` column). `what`
+/// names the source in errors.
 pub fn parse_csv(text: &str, what: &Path) -> Result<Vec<ScoreRow>> {
     let bad = |line: usize, msg: String| Error::Image {
         path: what.to_path_buf(),
         msg: format!("score table line {line}: {msg}"),
     };
     let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, h)) if h.trim_end() == CSV_HEADER => {}
+    let fields = match lines.next() {
+        Some((_, h)) if h.trim_end() == CSV_HEADER => 6,
+        Some((_, h)) if h.trim_end() == CSV_HEADER_WITHOUT_KEPT => 5,
         Some((_, h)) => return Err(bad(1, format!("header is `{h}`, expected `{CSV_HEADER}`"))),
         None => return Err(bad(1, "empty file".into())),
-    }
+    };
     let mut rows = Vec::new();
     for (i, line) in lines {
         let line = line.trim_end();
@@ -67,12 +79,12 @@ pub fn parse_csv(text: &str, what: &Path) -> Result<Vec<ScoreRow>> {
             continue;
         }
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 5 {
-            return Err(bad(i + 1, format!("{} fields, expected 5", f.len())));
+        if f.len() != fields {
+            return Err(bad(i + 1, format!("{} fields, expected {fields}", f.len())));
         }
         let field = |j: usize, name: &str| -> Result<&str> {
             let v = f[j].trim();
-            if v.is_empty() && name != "class" {
+            if v.is_empty() && name != "class" && name != "kept" {
                 return Err(bad(i + 1, format!("empty `{name}`")));
             }
             Ok(v)
@@ -92,12 +104,27 @@ pub fn parse_csv(text: &str, what: &Path) -> Result<Vec<ScoreRow>> {
         let uncertainty = field(3, "uncertainty")?
             .parse::<f64>()
             .map_err(|_| bad(i + 1, format!("`uncertainty` = `{}` is not a number", f[3])))?;
+        let kept = match fields {
+            6 => match field(5, "kept")? {
+                "" => None,
+                "1" => Some(true),
+                "0" => Some(false),
+                other => {
+                    return Err(bad(
+                        i + 1,
+                        format!("`kept` = `{other}` is not 1, 0 or empty"),
+                    ))
+                }
+            },
+            _ => None,
+        };
         rows.push(ScoreRow {
             index: num(0, "index")? as usize,
             seed: num(1, "seed")?,
             class,
             uncertainty,
             rank: num(4, "rank")? as usize,
+            kept,
         });
     }
     Ok(rows)
@@ -109,8 +136,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<ScoreRow>> {
     parse_csv(&text, path)
 }
 
-/// The table as JSON: `{"meta": extra, "rows": [{index, seed, class, uncertainty, rank}, ...]}`,
-/// `class` `null` when unconditional. JSON has no NaN/infinity: such scores are refused.
+/// The table as JSON: `{"meta": extra, "rows": [{index, seed, class, uncertainty, rank, kept},
+/// ...]}`, `class` `null` when unconditional, `kept` `null` when the run kept no set. JSON has no
+/// NaN/infinity: such scores are refused.
 pub fn to_json(rows: &[ScoreRow], extra: serde_json::Value) -> Result<String> {
     if let Some(r) = rows.iter().find(|r| !r.uncertainty.is_finite()) {
         return Err(Error::arg(format!(
@@ -178,14 +206,7 @@ pub fn rows_from_scores(
             class: classes.map(|c| c[i]),
             uncertainty: scores[i],
             rank: rank[i],
+            kept: None,
         })
         .collect())
-}
-
-/// Sample indices of the `n` most certain rows (smallest `rank`, ties by row order), most certain
-/// first. `n` larger than the table keeps every row.
-pub fn keep_list(rows: &[ScoreRow], n: usize) -> Vec<usize> {
-    let mut by_rank: Vec<&ScoreRow> = rows.iter().collect();
-    by_rank.sort_by_key(|r| r.rank);
-    by_rank.into_iter().take(n).map(|r| r.index).collect()
 }

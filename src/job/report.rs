@@ -2,12 +2,15 @@
 //! (`scores.csv`, `scores.json`), the contact sheet sorted by uncertainty, the kept set
 //! (`keep.txt`, `keep/`) and the summary. Shared by every job that scores a set.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::{json, Map, Value};
 
 use super::run_dir::{io, pretty, RunDir};
 use crate::error::Result;
 use crate::io::fs::write_atomic;
 use crate::io::{contact_sheet, npy, scores};
+use crate::keep::{self, KeepPolicy};
 use crate::uncertainty::{order_ascending, Estimator};
 
 /// An 8-bit image: HWC bytes, height, width, channels.
@@ -35,9 +38,10 @@ pub(crate) struct ReportOptions<'a> {
     /// Job-specific entries of the score table's `meta` (next to the estimator's parameters,
     /// `members` and `feature_dim`).
     pub meta: Value,
-    /// List the `N` most certain samples in `keep.txt` and copy their images from `images/`
-    /// to `keep/`.
+    /// List the `N` most certain samples (chosen by `keep_policy`) in `keep.txt`, mark them in
+    /// the score table and copy their images from `images/` to `keep/`.
     pub keep: Option<usize>,
+    pub keep_policy: KeepPolicy,
     /// Also write the features as `features.npy` `[n, members, dim]`.
     pub save_features: bool,
 }
@@ -48,14 +52,24 @@ pub(crate) struct Report {
     pub scores: Vec<f64>,
     /// The score table's `meta`.
     pub meta: Value,
+    /// Kept samples per class (class-conditional runs with a kept set).
+    pub kept_per_class: Option<BTreeMap<usize, usize>>,
 }
 
 impl Report {
-    /// The summary's entries for the scores: estimator and parameters, kept count, range.
-    pub fn summary(&self, keep: Option<usize>) -> Map<String, Value> {
+    /// The summary's entries for the scores: estimator and parameters, kept set, range.
+    pub fn summary(&self, keep: Option<usize>, policy: KeepPolicy) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("score".into(), self.meta.clone());
         m.insert("keep".into(), json!(keep));
+        m.insert("keep_policy".into(), json!(keep.map(|_| policy.as_str())));
+        if let Some(per_class) = &self.kept_per_class {
+            let per_class: Map<String, Value> = per_class
+                .iter()
+                .map(|(c, n)| (c.to_string(), json!(n)))
+                .collect();
+            m.insert("kept_per_class".into(), Value::Object(per_class));
+        }
         m.insert(
             "uncertainty_min".into(),
             json!(self.scores.iter().cloned().fold(f64::INFINITY, f64::min)),
@@ -79,7 +93,27 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
     let scores_v = opts
         .estimator
         .score(set.features, n, set.members, set.dim)?;
-    let rows = scores::rows_from_scores(set.indices, set.seed, set.classes, &scores_v)?;
+    let mut rows = scores::rows_from_scores(set.indices, set.seed, set.classes, &scores_v)?;
+    let kept = match opts.keep {
+        Some(n_keep) => keep::select(&rows, n_keep, opts.keep_policy)?,
+        None => Vec::new(),
+    };
+    if opts.keep.is_some() {
+        let in_set: BTreeSet<usize> = kept.iter().copied().collect();
+        for r in &mut rows {
+            r.kept = Some(in_set.contains(&r.index));
+        }
+    }
+    let kept_per_class = match (opts.keep, set.classes) {
+        (Some(_), Some(_)) => {
+            let mut per_class: BTreeMap<usize, usize> = BTreeMap::new();
+            for r in rows.iter().filter(|r| r.kept == Some(true)) {
+                *per_class.entry(r.class.unwrap_or(0)).or_default() += 1;
+            }
+            Some(per_class)
+        }
+        _ => None,
+    };
     let mut meta = opts.estimator.meta();
     meta.insert("members".into(), json!(set.members));
     meta.insert("feature_dim".into(), json!(set.dim));
@@ -99,8 +133,7 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
         64,
         Some("most certain first"),
     )?;
-    if let Some(n_keep) = opts.keep {
-        let kept = scores::keep_list(&rows, n_keep);
+    if opts.keep.is_some() {
         let text: String = kept.iter().map(|i| format!("{i:05}.png\n")).collect();
         write_atomic(&dir.join("keep.txt"), text.as_bytes())?;
         let keep_dir = dir.create_dir("keep")?;
@@ -122,6 +155,7 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
     Ok(Report {
         scores: scores_v,
         meta,
+        kept_per_class,
     })
 }
 

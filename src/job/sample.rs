@@ -15,6 +15,7 @@ use super::{JobReport, Progress};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::{images_out, npy};
+use crate::keep::KeepPolicy;
 use crate::layout::nchw_to_nhwc;
 use crate::pipeline::{ClassChoice, Generator};
 use crate::sampler::SamplerKind;
@@ -60,6 +61,9 @@ pub struct UncertaintySettings {
     pub quantize: bool,
     /// Also list and copy the `N` most certain samples.
     pub keep: Option<usize>,
+    /// How the kept set is chosen; `None`: per class for class-conditional models, global
+    /// otherwise ([`KeepPolicy::default_for`]).
+    pub keep_policy: Option<KeepPolicy>,
     /// Write all K member images (`members/<m>/imgs/NNNNN.png`) and `features.npy`.
     pub save_members: bool,
 }
@@ -75,6 +79,7 @@ impl UncertaintySettings {
             estimator: Estimator::default(),
             quantize: true,
             keep: None,
+            keep_policy: None,
             save_members: false,
         }
     }
@@ -215,15 +220,19 @@ impl SampleJob {
                     dim: d,
                     thumbs: &thumbs,
                 };
+                let keep_policy = u
+                    .keep_policy
+                    .unwrap_or(KeepPolicy::default_for(classes.is_some()));
                 let opts = ReportOptions {
                     estimator: &u.estimator,
                     meta: json!({ "draws": u.draws, "quantize": u.quantize }),
                     keep: u.keep,
+                    keep_policy,
                     save_features: u.save_members,
                 };
                 let report = write_report(&dir, &set, &opts)?;
                 let post = &uq.posterior;
-                let mut summary = report.summary(u.keep);
+                let mut summary = report.summary(u.keep, keep_policy);
                 summary.extend(
                     json!({
                         "posterior": u.posterior.display().to_string(),

@@ -12,6 +12,7 @@ use super::JobReport;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::io::members;
+use crate::keep::KeepPolicy;
 use crate::models::clip::ClipVision;
 use crate::models::clip_preprocess::HwcImage;
 use crate::uncertainty::Estimator;
@@ -81,6 +82,7 @@ impl ScoreJob {
                 "extractor_fingerprint": clip.fingerprint(),
             }),
             keep: None,
+            keep_policy: KeepPolicy::Global,
             save_features: true,
         };
         write_report(&dir, &scored, &opts)?;

@@ -59,3 +59,44 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         max_abs_diff(got, want)
     );
 }
+
+/// Run the `uqengine` binary: (success, stdout followed by stderr).
+pub fn uqengine_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uqengine"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A path as a command-line argument.
+pub fn arg(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `root/data`: a class-folder image set (`<i % 10>/<i>.png`) of `n` random `size x size`
+/// grayscale PNGs from a fixed-seed generator.
+pub fn random_image_folder(root: &std::path::Path, n: usize, size: u32, seed: u64) -> PathBuf {
+    let dir = root.join("data");
+    let mut state = seed;
+    for i in 0..n {
+        let class = i % 10;
+        std::fs::create_dir_all(dir.join(class.to_string())).unwrap();
+        let img = image::GrayImage::from_fn(size, size, |_, _| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            image::Luma([(state >> 56) as u8])
+        });
+        img.save(dir.join(class.to_string()).join(format!("{i:03}.png")))
+            .unwrap();
+    }
+    dir
+}
