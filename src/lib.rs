@@ -7,6 +7,7 @@ pub mod keep;
 pub mod laplace;
 pub mod layout;
 pub mod linalg;
+pub mod member_schedule;
 pub mod models;
 pub mod pipeline;
 pub mod rng;

@@ -13,6 +13,7 @@ use uqengine::backend::Backend;
 use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, UncertaintySettings};
 use uqengine::keep::KeepPolicy;
 use uqengine::laplace::{FitOptions, FitSet, Hessian};
+use uqengine::member_schedule::MemberSchedule;
 use uqengine::models::unet::UNet;
 use uqengine::pipeline::ClassChoice;
 use uqengine::sampler::SamplerKind;
@@ -120,6 +121,12 @@ struct SampleArgs {
     /// per-class for class-conditional models, global otherwise.
     #[arg(long, value_name = "global|per-class")]
     keep_policy: Option<String>,
+    /// How the K members share work along the steps: full (the paper's method: every member its
+    /// own trajectory), branch:F (share the MAP trajectory for a fraction F, e.g. 0.5, or a step
+    /// index, then full), shared-trunk (one trunk per sample and step on the MAP input, K last
+    /// layers), shared-trunk:L (the MAP trajectory, then shared-trunk for the last L steps).
+    #[arg(long, value_name = "NAME", default_value = "full")]
+    uq_schedule: String,
     /// Write all K member images (members/<m>/imgs/NNNNN.png) and features.npy.
     #[arg(long)]
     save_members: bool,
@@ -344,6 +351,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
                     .as_deref()
                     .map(KeepPolicy::parse)
                     .transpose()?;
+                u.schedule = MemberSchedule::parse(&a.uq_schedule)?;
                 u.save_members = a.save_members;
                 Some(u)
             }
@@ -351,6 +359,9 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     };
     if uncertainty.is_none() && (a.keep.is_some() || a.save_members) {
         bail!("--keep and --save-members need a posterior (--posterior FILE)");
+    }
+    if uncertainty.is_none() && a.uq_schedule != "full" {
+        bail!("--uq-schedule {} schedules the posterior's members: it needs a posterior (--posterior FILE)", a.uq_schedule);
     }
     if a.keep_policy.is_some() && a.keep.is_none() {
         bail!("--keep-policy chooses the kept set: it needs --keep N");

@@ -9,10 +9,10 @@
 use crate::backend::{Backend, Conv2d};
 use crate::error::{Error, Result};
 use crate::layout::nchw_to_nhwc;
+use crate::member_schedule::{MemberSchedule, StepMode};
 use crate::models::unet::UNet;
 use crate::rng::{Purpose, Stream};
 use crate::sampler::Sampler;
-use crate::tensor::Tensor;
 
 /// How class labels are chosen for a conditional model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub struct Generator<'a> {
     pub sampler: &'a Sampler,
     /// Last-layer weights per member; member 0 is the MAP (the model's own `conv_out`).
     pub members: Vec<Conv2d>,
+    /// How the members share work along the steps (irrelevant with one member).
+    pub schedule: MemberSchedule,
     pub seed: u64,
 }
 
@@ -112,6 +114,7 @@ impl<'a> Generator<'a> {
             unet,
             sampler,
             members: vec![unet.conv_out.clone()],
+            schedule: MemberSchedule::Full,
             seed,
         }
     }
@@ -124,8 +127,10 @@ impl<'a> Generator<'a> {
     /// Runs every step for one batch. Returns final samples NHWC `[B*K, s, s, c]` (sample-major:
     /// row `i*K + k` is member `k` of sample `i`), unclamped, as the sampler leaves them.
     /// `on_step` is called after each step.
+    ///
+    /// Until the schedule splits the members, `x` holds one row per sample (the MAP
+    /// trajectory); at the split every row is repeated `K` times.
     pub fn run(&self, input: &BatchInput, mut on_step: impl FnMut(usize)) -> Result<Vec<f32>> {
-        let b = self.backend;
         let cfg = &self.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
         let per = c * s * s;
@@ -136,31 +141,42 @@ impl<'a> Generator<'a> {
                 "batch noise must be {nb} arrays of {per} values"
             )));
         }
-        let mut x = Vec::with_capacity(nb * k * per);
-        for z in &input.noise {
-            for _ in 0..k {
-                x.extend_from_slice(z);
+        let modes = if k == 1 {
+            vec![StepMode::Map; self.sampler.num_steps()]
+        } else {
+            self.schedule.modes(self.sampler.num_steps())?
+        };
+        let mut x: Vec<f32> = input.noise.concat();
+        let mut split = false;
+        for (step, &mode) in modes.iter().enumerate() {
+            if mode != StepMode::Map && !split {
+                x = repeat_rows(&x, per, k);
+                split = true;
             }
-        }
-        let classes: Option<Vec<usize>> = input
-            .classes
-            .as_ref()
-            .map(|cl| cl.iter().flat_map(|&y| std::iter::repeat_n(y, k)).collect());
-        for step in 0..self.sampler.num_steps() {
-            let t = vec![self.sampler.timesteps()[step] as f32; nb * k];
-            let xt = b.upload(&[nb * k, s, s, c], &x)?;
-            let h = self.unet.trunk(b, &xt, &t, classes.as_deref())?;
-            let out: Tensor = if k == 1 {
-                b.conv2d(&h, &self.members[0], None)?
-            } else {
-                b.conv2d_members(&h, &self.members)?
+            let eps = match mode {
+                StepMode::Map => {
+                    self.model_output(&x, nb, input.classes.as_deref(), step, LastLayers::Map)?
+                }
+                StepMode::SharedTrunk => {
+                    let map_rows: Vec<f32> =
+                        x.chunks_exact(per).step_by(k).flatten().copied().collect();
+                    let classes = input.classes.as_deref();
+                    self.model_output(&map_rows, nb, classes, step, LastLayers::EveryMember)?
+                }
+                StepMode::Full => {
+                    let classes: Option<Vec<usize>> = input
+                        .classes
+                        .as_ref()
+                        .map(|cl| cl.iter().flat_map(|&y| std::iter::repeat_n(y, k)).collect());
+                    self.model_output(&x, nb * k, classes.as_deref(), step, LastLayers::PerRow)?
+                }
             };
-            let eps = b.download(&out)?;
+            let rows_per_sample = if split { k } else { 1 };
             if self.sampler.needs_noise(step) {
                 let mut noise = Vec::with_capacity(x.len());
                 for &idx in &input.indices {
                     let z = step_noise(self.seed, idx, step, c, s);
-                    for _ in 0..k {
+                    for _ in 0..rows_per_sample {
                         noise.extend_from_slice(&z);
                     }
                 }
@@ -170,6 +186,69 @@ impl<'a> Generator<'a> {
             }
             on_step(step);
         }
+        if !split && k > 1 {
+            x = repeat_rows(&x, per, k);
+        }
         Ok(x)
     }
+
+    /// The model output at `step` for `rows` inputs `x` (NHWC) with their classes, through
+    /// `last` (see [`LastLayers`]); sample-major.
+    fn model_output(
+        &self,
+        x: &[f32],
+        rows: usize,
+        classes: Option<&[usize]>,
+        step: usize,
+        last: LastLayers,
+    ) -> Result<Vec<f32>> {
+        let be = self.backend;
+        let cfg = &self.unet.config;
+        let (c, s) = (cfg.in_channels, cfg.sample_size);
+        let t = vec![self.sampler.timesteps()[step] as f32; rows];
+        let xt = be.upload(&[rows, s, s, c], x)?;
+        let h = self.unet.trunk(be, &xt, &t, classes)?;
+        match last {
+            LastLayers::Map => be.download(&be.conv2d(&h, &self.members[0], None)?),
+            LastLayers::PerRow => be.download(&be.conv2d_members(&h, &self.members)?),
+            LastLayers::EveryMember => {
+                let outs: Vec<Vec<f32>> = self
+                    .members
+                    .iter()
+                    .map(|m| be.download(&be.conv2d(&h, m, None)?))
+                    .collect::<Result<_>>()?;
+                let per_out = outs[0].len() / rows;
+                let mut eps = Vec::with_capacity(rows * outs.len() * per_out);
+                for i in 0..rows {
+                    for out in &outs {
+                        eps.extend_from_slice(&out[i * per_out..(i + 1) * per_out]);
+                    }
+                }
+                Ok(eps)
+            }
+        }
+    }
+}
+
+/// Which last layers a step applies to the trunk features.
+#[derive(Clone, Copy)]
+enum LastLayers {
+    /// The MAP member's only.
+    Map,
+    /// Rows are `B*K` member inputs: member `i % K` on row `i`.
+    PerRow,
+    /// Rows are `B` shared inputs: every member on every row, giving `B*K` outputs (row `i*K + m`
+    /// is member `m` on input `i`).
+    EveryMember,
+}
+
+/// Every `per`-element row of `x` repeated `k` times in place (sample-major).
+fn repeat_rows(x: &[f32], per: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() * k);
+    for row in x.chunks_exact(per) {
+        for _ in 0..k {
+            out.extend_from_slice(row);
+        }
+    }
+    out
 }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::io::{images_out, npy};
 use crate::keep::KeepPolicy;
 use crate::layout::nchw_to_nhwc;
+use crate::member_schedule::MemberSchedule;
 use crate::pipeline::{ClassChoice, Generator};
 use crate::sampler::SamplerKind;
 use crate::uncertainty::Estimator;
@@ -66,6 +67,8 @@ pub struct UncertaintySettings {
     pub keep_policy: Option<KeepPolicy>,
     /// Write all K member images (`members/<m>/imgs/NNNNN.png`) and `features.npy`.
     pub save_members: bool,
+    /// How the members share work along the steps (`full`: the paper's method).
+    pub schedule: MemberSchedule,
 }
 
 impl UncertaintySettings {
@@ -81,6 +84,7 @@ impl UncertaintySettings {
             keep: None,
             keep_policy: None,
             save_members: false,
+            schedule: MemberSchedule::Full,
         }
     }
 }
@@ -95,6 +99,9 @@ impl SampleJob {
         }
         if self.steps == 0 {
             return Err(Error::arg("--steps must be at least 1 (got 0)"));
+        }
+        if let Some(u) = &self.uncertainty {
+            u.schedule.modes(self.steps)?;
         }
         Ok(())
     }
@@ -118,6 +125,7 @@ impl SampleJob {
                 "draws": u.draws,
                 "quantize": u.quantize,
                 "save_members": u.save_members,
+                "uq_schedule": u.schedule.name(),
             })),
         })
     }
@@ -165,6 +173,11 @@ impl SampleJob {
             unet: &inputs.unet,
             sampler: &inputs.sampler,
             members: std::mem::take(&mut inputs.members),
+            schedule: self
+                .uncertainty
+                .as_ref()
+                .map(|u| u.schedule)
+                .unwrap_or_default(),
             seed: self.seed,
         };
         let k = generator.k();
@@ -243,6 +256,8 @@ impl SampleJob {
                         "extractor": u.extractor.display().to_string(),
                         "extractor_fingerprint": uq.extractor.fingerprint(),
                         "seconds_features": feature_seconds,
+                        "uq_schedule": u.schedule.name(),
+                        "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
                     })
                     .as_object()
                     .cloned()
