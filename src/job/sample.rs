@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::batches::{read_features, read_map_samples, BatchLoop};
-use super::inputs::SampleInputs;
+use super::inputs::{SampleInputs, UncertaintyInputs};
 use super::plan::{plan_pass, BatchPlan};
 use super::report::{write_report, write_summary, ReportOptions, ScoredSet, Thumb};
 use super::run_dir::RunDir;
@@ -215,55 +215,14 @@ impl SampleJob {
 
         let uncertainty_summary = match (&self.uncertainty, &inputs.uncertainty) {
             (Some(u), Some(uq)) => {
-                let d = uq.extractor.dim();
-                let features = read_features(&dir, plan, k, d)?;
-                let per = c * s * s;
-                let thumbs: Vec<Thumb> = map_samples
-                    .chunks_exact(per)
-                    .map(|x| (images_out::to_u8(&nchw_to_nhwc(x, 1, c, s, s)), s, s, c))
-                    .collect();
-                let indices: Vec<usize> = (0..self.num).collect();
-                let classes = inputs.class_labels();
-                let set = ScoredSet {
-                    indices: &indices,
-                    seed: self.seed,
-                    classes: classes.as_deref(),
-                    features: &features,
+                let scored = ScoredRun {
+                    dir: &dir,
+                    inputs: &inputs,
+                    plan,
                     members: k,
-                    dim: d,
-                    thumbs: &thumbs,
+                    map_samples: &map_samples,
                 };
-                let keep_policy = u
-                    .keep_policy
-                    .unwrap_or(KeepPolicy::default_for(classes.is_some()));
-                let opts = ReportOptions {
-                    estimator: &u.estimator,
-                    meta: json!({ "draws": u.draws, "quantize": u.quantize }),
-                    keep: u.keep,
-                    keep_policy,
-                    save_features: u.save_members,
-                };
-                let report = write_report(&dir, &set, &opts)?;
-                let post = &uq.posterior;
-                let mut summary = report.summary(u.keep, keep_policy);
-                summary.extend(
-                    json!({
-                        "posterior": u.posterior.display().to_string(),
-                        "posterior_hessian": post.hessian().as_str(),
-                        "posterior_images": post.num_images(),
-                        "prior_precision": post.prior_precision(),
-                        "sigma_noise": post.sigma_noise(),
-                        "extractor": u.extractor.display().to_string(),
-                        "extractor_fingerprint": uq.extractor.fingerprint(),
-                        "seconds_features": feature_seconds,
-                        "uq_schedule": u.schedule.name(),
-                        "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
-                    })
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-                );
-                Value::Object(summary)
+                self.report_uncertainty(u, uq, &scored, feature_seconds)?
             }
             _ => Value::Null,
         };
@@ -295,4 +254,77 @@ impl SampleJob {
             resumed_samples: done,
         })
     }
+
+    /// The report stage of a run with uncertainty: scores, tables, contact sheet, kept set;
+    /// returns the summary's `uncertainty` entry.
+    fn report_uncertainty(
+        &self,
+        u: &UncertaintySettings,
+        uq: &UncertaintyInputs,
+        run: &ScoredRun,
+        feature_seconds: f64,
+    ) -> Result<Value> {
+        let (k, dir) = (run.members, run.dir);
+        let cfg = &run.inputs.unet.config;
+        let (c, s) = (cfg.in_channels, cfg.sample_size);
+        let d = uq.extractor.dim();
+        let features = read_features(dir, run.plan, k, d)?;
+        let thumbs: Vec<Thumb> = run
+            .map_samples
+            .chunks_exact(c * s * s)
+            .map(|x| (images_out::to_u8(&nchw_to_nhwc(x, 1, c, s, s)), s, s, c))
+            .collect();
+        let indices: Vec<usize> = (0..self.num).collect();
+        let classes = run.inputs.class_labels();
+        let set = ScoredSet {
+            indices: &indices,
+            seed: self.seed,
+            classes: classes.as_deref(),
+            features: &features,
+            members: k,
+            dim: d,
+            thumbs: &thumbs,
+        };
+        let keep_policy = u
+            .keep_policy
+            .unwrap_or(KeepPolicy::default_for(classes.is_some()));
+        let opts = ReportOptions {
+            estimator: &u.estimator,
+            meta: json!({ "draws": u.draws, "quantize": u.quantize }),
+            keep: u.keep,
+            keep_policy,
+            save_features: u.save_members,
+        };
+        let report = write_report(dir, &set, &opts)?;
+        let post = &uq.posterior;
+        let mut summary = report.summary(u.keep, keep_policy);
+        summary.extend(
+            json!({
+                "posterior": u.posterior.display().to_string(),
+                "posterior_hessian": post.hessian().as_str(),
+                "posterior_images": post.num_images(),
+                "prior_precision": post.prior_precision(),
+                "sigma_noise": post.sigma_noise(),
+                "extractor": u.extractor.display().to_string(),
+                "extractor_fingerprint": uq.extractor.fingerprint(),
+                "seconds_features": feature_seconds,
+                "uq_schedule": u.schedule.name(),
+                "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+        Ok(Value::Object(summary))
+    }
+}
+
+/// A finished batch loop, as the report stage reads it.
+struct ScoredRun<'a> {
+    dir: &'a RunDir,
+    inputs: &'a SampleInputs,
+    plan: BatchPlan,
+    members: usize,
+    /// The MAP member of every sample, NCHW.
+    map_samples: &'a [f32],
 }
