@@ -781,25 +781,6 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
     }
 
-    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.nhwc();
-        let total = n * (h / 2) * (w / 2) * c;
-        let mut y = self.alloc_bf16(total)?;
-        if total > 0 {
-            k::avg_pool2x_bf16(
-                self.d(),
-                self.ew_cfg(total),
-                self.bf16(x)?.ptr(),
-                y.ptr_mut(),
-                n as i32,
-                h as i32,
-                w as i32,
-                c as i32,
-            )?;
-        }
-        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
-    }
-
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, h, w, ca) = a.nhwc();
         let (n2, h2, w2, cb) = b.nhwc();
@@ -821,24 +802,6 @@ impl Backend for CudaBackend {
             )?;
         }
         Ok(Self::wrap(vec![n, h, w, ca + cb], CudaStorage::Bf16(y)))
-    }
-
-    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        let shape = x.shape();
-        let n = shape.first().copied().unwrap_or(0);
-        check(start + len <= n, || {
-            format!("slice_batch: rows {start}..{} of {shape:?}", start + len)
-        })?;
-        let per = x.numel().checked_div(n).unwrap_or(0);
-        let mut y = self.alloc_bf16(len * per)?;
-        self.copy(
-            self.bf16(x)?.ptr().offset(start * per),
-            y.ptr_mut(),
-            len * per,
-        )?;
-        let mut oshape = shape.to_vec();
-        oshape[0] = len;
-        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
