@@ -14,6 +14,8 @@
 //! headers; default: auto-detected), `UQENGINE_CUDA_LIB` (folder with libnvrtc, tried when the
 //! library is not on the loader's path), `UQENGINE_EMU_SANITIZE`.
 
+#[path = "../src/backend/cuda/cuda_dirs.rs"]
+mod cuda_dirs;
 mod emu;
 mod launchers;
 mod nvrtc;

@@ -2,80 +2,28 @@
 
 use std::env;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::cuda_dirs;
 use crate::Module;
-
-fn cuda_include(manifest: &Path) -> Option<PathBuf> {
-    if let Ok(p) = env::var("UQENGINE_CUDA_INCLUDE") {
-        return Some(PathBuf::from(p));
-    }
-    let candidates = [
-        manifest.join(".cuda/nvidia/cu13/include"),
-        PathBuf::from("/usr/local/cuda/include"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.join("cuda_bf16.h").exists())
-}
-
-fn cuda_lib_dirs(manifest: &Path) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(p) = env::var("UQENGINE_CUDA_LIB") {
-        dirs.push(PathBuf::from(p));
-    }
-    dirs.push(manifest.join(".cuda/nvidia/cu13/lib"));
-    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-    dirs
-}
-
-/// Make NVRTC loadable: it is found on the loader's path, or loaded here by full path (builtins
-/// first) so that later loads by name find the already-loaded libraries.
-fn nvrtc_available(manifest: &Path) -> bool {
-    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return true;
-    }
-    for dir in cuda_lib_dirs(manifest) {
-        let nvrtc = dir.join("libnvrtc.so.13");
-        if !nvrtc.exists() {
-            continue;
-        }
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("libnvrtc-builtins.so") && !n.contains(".alt.") {
-                    if let Ok(lib) = unsafe { libloading::Library::new(e.path()) } {
-                        std::mem::forget(lib);
-                    }
-                }
-            }
-        }
-        if let Ok(lib) = unsafe { libloading::Library::new(&nvrtc) } {
-            std::mem::forget(lib);
-            if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                return true;
-            }
-        }
-    }
-    false
-}
 
 /// Compile every module to PTX (written to `ptx_dir/<stem>.ptx`); returns per-module success.
 /// Without NVRTC or the CUDA headers nothing is compiled; `UQENGINE_REQUIRE_NVRTC=1` makes that,
 /// or a compile error, fail the build.
 pub fn compile_ptx(manifest: &Path, modules: &[Module], ptx_dir: &Path) -> Vec<bool> {
     let require = env::var("UQENGINE_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-    if !nvrtc_available(manifest) {
-        let msg = "NVRTC (libnvrtc.so.13) not found on the loader path, in UQENGINE_CUDA_LIB or in .cuda/: \
-                   kernels are embedded as source and compiled at run time (tools/install-cuda-tools.sh installs it)";
+    if !cuda_dirs::load_nvrtc(manifest) {
+        let msg = "NVRTC (libnvrtc.so.13) not found on the loader path, in UQENGINE_CUDA_LIB, in .cuda/ \
+                   or in /usr/local/cuda/lib64: kernels are embedded as source and compiled at run time \
+                   (tools/install-cuda-tools.sh installs it)";
         if require {
             panic!("UQENGINE_REQUIRE_NVRTC=1 but {msg}");
         }
         println!("cargo:warning={msg}");
         return vec![false; modules.len()];
     }
-    let include = cuda_include(manifest);
-    if include.is_none() {
+    let include = cuda_dirs::include_dirs(manifest);
+    if include.is_empty() {
         let msg = "CUDA headers (cuda_bf16.h) not found; set UQENGINE_CUDA_INCLUDE";
         if require {
             panic!("UQENGINE_REQUIRE_NVRTC=1: {msg}");
