@@ -3,7 +3,8 @@
 //! 1. Reads every `extern "C" __global__ void name(params)` signature ([`signatures`]) and
 //!    writes `$OUT_DIR/launchers.rs` ([`launchers`]): one argument struct (fields named as the C
 //!    parameters) and one typed launcher per kernel, so a parameter-list mismatch between Rust
-//!    and CUDA is a compile error.
+//!    and CUDA is a compile error. The `#define UQ_ACT_*` activation codes of
+//!    `kernels/uq_common.cuh` become the Rust constants of `$OUT_DIR/activation_codes.rs`.
 //! 2. Compiles each `.cu` (own headers inlined) to PTX with NVRTC, loaded dynamically
 //!    ([`nvrtc`]), and embeds the PTX and the source. PTX files are also written to
 //!    `$OUT_DIR/ptx/`. Without NVRTC only the source is embedded (compiled at run time);
@@ -37,6 +38,9 @@ pub struct Module {
     /// The source with the kernels' own `#include "..."` headers inlined.
     flat: String,
 }
+
+/// The header holding the `UQ_ACT_*` activation codes.
+const ACT_HEADER: &str = "uq_common.cuh";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -104,6 +108,16 @@ fn main() {
     fs::write(
         out.join("launchers.rs"),
         launchers::launchers(&modules, &ptx, &src_dir, &ptx_dir, emu),
+    )
+    .unwrap();
+
+    let header = kernels_dir.join(ACT_HEADER);
+    let text = fs::read_to_string(&header).unwrap_or_else(|e| panic!("{}: {e}", header.display()));
+    let codes =
+        signatures::parse_act_codes(&text).unwrap_or_else(|e| panic!("{}: {e}", header.display()));
+    fs::write(
+        out.join("activation_codes.rs"),
+        launchers::activation_codes(&format!("kernels/{ACT_HEADER}"), &codes),
     )
     .unwrap();
 }

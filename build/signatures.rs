@@ -1,5 +1,5 @@
 //! Parsing of the kernels' C sources: the `extern "C" __global__ void name(params)` signatures
-//! of `kernels/*.cu`.
+//! of `kernels/*.cu` and the `#define UQ_ACT_*` activation codes of `kernels/uq_common.cuh`.
 //!
 //! Self-contained (the standard library only), so that `tests/build_signatures.rs` can test it
 //! outside the build script.
@@ -210,4 +210,40 @@ pub fn parse_param(p: &str) -> Result<Param, String> {
         pointer,
         is_const,
     })
+}
+
+/// The `#define UQ_ACT_<NAME> <integer>` lines of a header, as `(UQ_ACT_<NAME>, value)` in order.
+/// A `UQ_ACT_` define without an integer value, or a name defined twice, is an error.
+pub fn parse_act_codes(header: &str) -> Result<Vec<(String, i32)>, String> {
+    let mut codes: Vec<(String, i32)> = Vec::new();
+    for line in strip_comments(header).lines() {
+        let Some(rest) = line.trim_start().strip_prefix('#') else {
+            continue;
+        };
+        let Some(def) = rest
+            .trim_start()
+            .strip_prefix("define")
+            .filter(|d| d.starts_with(char::is_whitespace))
+        else {
+            continue;
+        };
+        let mut toks = def.split_whitespace();
+        let Some(name) = toks.next().filter(|n| n.starts_with("UQ_ACT_")) else {
+            continue;
+        };
+        let value: Vec<&str> = toks.collect();
+        let code = match value.as_slice() {
+            [v] => v.parse::<i32>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("`#define {}`: the value must be one integer", def.trim()))?;
+        if !is_identifier(name) {
+            return Err(format!("cannot read activation code name `{name}`"));
+        }
+        if codes.iter().any(|(n, _)| n == name) {
+            return Err(format!("`{name}` defined twice"));
+        }
+        codes.push((name.to_string(), code));
+    }
+    Ok(codes)
 }

@@ -1,10 +1,12 @@
-//! The build script's C parser (`build/signatures.rs`): kernel signatures on real-looking
-//! sources, and its errors on what the launcher generator cannot express.
+//! The build script's C parser (`build/signatures.rs`): kernel signatures and activation codes,
+//! on real-looking sources, and its errors on what the launcher generator cannot express.
 
 #[path = "../build/signatures.rs"]
 mod signatures;
 
-use signatures::{parse_kernels, parse_param, strip_comments, Elem, Kernel, Param};
+use signatures::{
+    parse_act_codes, parse_kernels, parse_param, strip_comments, Elem, Kernel, Param,
+};
 
 fn param(name: &str, c_type: &str, elem: Elem, pointer: bool, is_const: bool) -> Param {
     Param {
@@ -89,6 +91,7 @@ extern "C" __global__ void void_params(void) {}
     assert!(parse_kernels("__global__ void k(int a) {}")
         .unwrap()
         .is_empty());
+    assert!(parse_act_codes("#defineUQ_ACT_X 1\n").unwrap().is_empty());
 }
 
 #[test]
@@ -173,7 +176,42 @@ fn comments_are_removed_and_the_code_kept() {
     assert_eq!(strip_comments("ü // é"), "ü ");
 }
 
-/// The real kernels parse.
+#[test]
+fn activation_codes_are_read_from_the_defines() {
+    let header = r#"
+#pragma once
+#define UQ_FULL_MASK 0xffffffffu
+/// Activation codes shared with the Rust side (`Activation` as i32).
+#define UQ_ACT_NONE 0
+#define UQ_ACT_SILU 1 // x * sigmoid(x)
+#  define   UQ_ACT_QUICK_GELU   2
+#define UQ_ACT_GELU 3
+__device__ float uq_activate(float x, int act) { return UQ_ACT_NONE; }
+"#;
+    let codes = parse_act_codes(header).unwrap();
+    let want = [
+        ("UQ_ACT_NONE", 0),
+        ("UQ_ACT_SILU", 1),
+        ("UQ_ACT_QUICK_GELU", 2),
+        ("UQ_ACT_GELU", 3),
+    ];
+    let got: Vec<(&str, i32)> = codes.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        parse_act_codes("#define UQ_ACT_X (1 << 2)\n").unwrap_err(),
+        "`#define UQ_ACT_X (1 << 2)`: the value must be one integer"
+    );
+    assert_eq!(
+        parse_act_codes("#define UQ_ACT_X\n").unwrap_err(),
+        "`#define UQ_ACT_X`: the value must be one integer"
+    );
+    assert_eq!(
+        parse_act_codes("#define UQ_ACT_A 1\n#define UQ_ACT_A 2\n").unwrap_err(),
+        "`UQ_ACT_A` defined twice"
+    );
+}
+
+/// The real kernels parse, and the activation codes are those of the real header.
 #[test]
 fn the_repository_kernels_parse() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
@@ -189,4 +227,16 @@ fn the_repository_kernels_parse() {
                 norm_silu act";
     assert_eq!(names, want.split_whitespace().collect::<Vec<_>>());
     assert_eq!(mma.params[4], param("y", "bf16*", Elem::Bf16, true, false));
+    let header = std::fs::read_to_string(dir.join("uq_common.cuh")).unwrap();
+    let codes = parse_act_codes(&header).unwrap();
+    let names: Vec<&str> = codes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "UQ_ACT_NONE",
+            "UQ_ACT_SILU",
+            "UQ_ACT_QUICK_GELU",
+            "UQ_ACT_GELU"
+        ]
+    );
 }

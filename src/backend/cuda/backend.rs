@@ -365,13 +365,13 @@ fn geom(n: usize, h: usize, w: usize, ho: usize, wo: usize, spec: &ConvSpec) -> 
     }
 }
 
-/// The kernels' activation codes (`UQ_ACT_*` in kernels/uq_common.cuh).
+/// The kernels' activation code (`UQ_ACT_*` of kernels/uq_common.cuh, read by the build).
 fn act_code(act: Activation) -> i32 {
     match act {
-        Activation::None => 0,
-        Activation::Silu => 1,
-        Activation::QuickGelu => 2,
-        Activation::Gelu => 3,
+        Activation::None => kernels::UQ_ACT_NONE,
+        Activation::Silu => kernels::UQ_ACT_SILU,
+        Activation::QuickGelu => kernels::UQ_ACT_QUICK_GELU,
+        Activation::Gelu => kernels::UQ_ACT_GELU,
     }
 }
 
