@@ -203,6 +203,36 @@ impl CudaBackend {
         }
         i32_of(total.max(g.n * g.h * g.w * g.cin), "tensor size")?;
         let act = act_code(act);
+        // The argument struct of a convolution kernel: the parameters both kernels take, by name,
+        // then `$only`, those of that kernel alone.
+        macro_rules! conv_args {
+            ($args:ident { $($only:tt)* }) => {
+                kernels::$args {
+                    x,
+                    w,
+                    bias,
+                    residual,
+                    y: y.ptr_mut(),
+                    stats,
+                    gamma,
+                    beta,
+                    h: g.h as i32,
+                    wd: g.w as i32,
+                    cin: g.cin as i32,
+                    ho: g.ho as i32,
+                    wo: g.wo as i32,
+                    cout: g.cout as i32,
+                    ksize: g.ksize as i32,
+                    stride: g.stride as i32,
+                    pad: g.pad as i32,
+                    members: members as i32,
+                    groups,
+                    norm_silu,
+                    act,
+                    $($only)*
+                }
+            };
+        }
         if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
             let p = g.ho * g.wo;
             let cfg = LaunchCfg::grid(
@@ -213,62 +243,10 @@ impl CudaBackend {
                 ),
                 (128, 1, 1),
             );
-            kernels::conv2d_mma(
-                self.d(),
-                cfg,
-                kernels::Conv2dMmaArgs {
-                    x,
-                    w,
-                    bias,
-                    residual,
-                    y: y.ptr_mut(),
-                    stats,
-                    gamma,
-                    beta,
-                    h: g.h as i32,
-                    wd: g.w as i32,
-                    cin: g.cin as i32,
-                    ho: g.ho as i32,
-                    wo: g.wo as i32,
-                    cout: g.cout as i32,
-                    ksize: g.ksize as i32,
-                    stride: g.stride as i32,
-                    pad: g.pad as i32,
-                    members: members as i32,
-                    groups,
-                    norm_silu,
-                    act,
-                },
-            )
+            kernels::conv2d_mma(self.d(), cfg, conv_args!(Conv2dMmaArgs {}))
         } else {
-            kernels::conv2d_simple(
-                self.d(),
-                self.ew_cfg(total),
-                kernels::Conv2dSimpleArgs {
-                    x,
-                    w,
-                    bias,
-                    residual,
-                    y: y.ptr_mut(),
-                    stats,
-                    gamma,
-                    beta,
-                    n: g.n as i32,
-                    h: g.h as i32,
-                    wd: g.w as i32,
-                    cin: g.cin as i32,
-                    ho: g.ho as i32,
-                    wo: g.wo as i32,
-                    cout: g.cout as i32,
-                    ksize: g.ksize as i32,
-                    stride: g.stride as i32,
-                    pad: g.pad as i32,
-                    members: members as i32,
-                    groups,
-                    norm_silu,
-                    act,
-                },
-            )
+            let args = conv_args!(Conv2dSimpleArgs { n: g.n as i32 });
+            kernels::conv2d_simple(self.d(), self.ew_cfg(total), args)
         }
     }
 
