@@ -1,5 +1,5 @@
 // Spatial resampling and channel concatenation of NHWC bf16 tensors. One thread per output
-// element (grid-stride). Bytes per output element: 2 + 2 (upsample, concat), 8 + 2 (avg-pool).
+// element (grid-stride). Bytes per output element: 2 + 2.
 #include "uq_common.cuh"
 
 /// Nearest-neighbour 2x upsampling: y[n, 2h, 2w, c] from x[n, h, w, c].
@@ -15,25 +15,6 @@ extern "C" __global__ void upsample_nearest2x_bf16(const bf16* __restrict__ x, b
         const int oy = (int)(r % (2 * h));
         const long long s = r / (2 * h);
         y[i] = x[((s * h + oy / 2) * w + ox / 2) * c + ch];
-    }
-}
-
-/// 2x2 average pooling with stride 2: y[n, h/2, w/2, c] (odd trailing row/column dropped).
-extern "C" __global__ void avg_pool2x_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, int n, int h, int w,
-                                           int c) {
-    const int ho = h / 2, wo = w / 2;
-    const long long total = (long long)n * ho * wo * c;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int ch = (int)(i % c);
-        long long r = i / c;
-        const int ox = (int)(r % wo);
-        r /= wo;
-        const int oy = (int)(r % ho);
-        const long long s = r / ho;
-        const bf16* p = x + ((s * h + 2 * oy) * w + 2 * ox) * c + ch;
-        const float sum = uq_ld(p) + uq_ld(p + c) + uq_ld(p + (long long)w * c) + uq_ld(p + (long long)w * c + c);
-        uq_st(y + i, 0.25f * sum);
     }
 }
 

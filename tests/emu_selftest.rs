@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use uqengine::backend::cuda::device::{Bf16, DevBuf, Device, LaunchCfg};
 use uqengine::backend::cuda::gpu::GpuDevice;
-use uqengine::backend::cuda::kernels as k;
+use uqengine::backend::cuda::kernels;
 
 fn devices() -> Vec<Arc<dyn Device>> {
     let mut v: Vec<Arc<dyn Device>> = Vec::new();
@@ -43,7 +43,12 @@ fn warp_shuffles_and_votes_follow_cuda_semantics() {
         let d = dev.as_ref();
         let threads = 64usize;
         let mut out = DevBuf::<i32>::zeros(d, threads * 8).unwrap();
-        k::selftest_warp(d, LaunchCfg::linear(1, threads as u32), out.ptr_mut()).unwrap();
+        kernels::selftest_warp(
+            d,
+            LaunchCfg::linear(1, threads as u32),
+            kernels::SelftestWarpArgs { out: out.ptr_mut() },
+        )
+        .unwrap();
         let got = out.to_host(d).unwrap();
         for t in 0..threads {
             let (lane, base) = (t % 32, t - t % 32);
@@ -73,7 +78,17 @@ fn block_reduction_survives_exited_threads() {
         let xb = DevBuf::from_host(d, &x).unwrap();
         let mut out = DevBuf::<f32>::zeros(d, blocks).unwrap();
         let cfg = LaunchCfg::linear(blocks as u32, threads).with_smem(threads * 4);
-        k::selftest_block_sum(d, cfg, xb.ptr(), out.ptr_mut(), per_block as i32, 96).unwrap();
+        kernels::selftest_block_sum(
+            d,
+            cfg,
+            kernels::SelftestBlockSumArgs {
+                x: xb.ptr(),
+                out: out.ptr_mut(),
+                per_block: per_block as i32,
+                exit_from: 96,
+            },
+        )
+        .unwrap();
         let got = out.to_host(d).unwrap();
         for b in 0..blocks {
             let want: f64 = x[b * per_block..(b + 1) * per_block]
@@ -115,14 +130,16 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
         );
         let mut c = DevBuf::<f32>::zeros(d, 128).unwrap();
         let mut c2 = DevBuf::<f32>::zeros(d, 128).unwrap();
-        k::selftest_mma(
+        kernels::selftest_mma(
             d,
             LaunchCfg::linear(1, 32),
-            ab.ptr(),
-            btb.ptr(),
-            bb.ptr(),
-            c.ptr_mut(),
-            c2.ptr_mut(),
+            kernels::SelftestMmaArgs {
+                a: ab.ptr(),
+                bt: btb.ptr(),
+                b: bb.ptr(),
+                c: c.ptr_mut(),
+                c2: c2.ptr_mut(),
+            },
         )
         .unwrap();
         let (c, c2) = (c.to_host(d).unwrap(), c2.to_host(d).unwrap());
@@ -201,12 +218,14 @@ fn half_conversions_round_to_nearest_even_bit_exactly() {
         let d = dev.as_ref();
         let xb = DevBuf::from_host(d, &x).unwrap();
         let mut y = DevBuf::<u32>::zeros(d, x.len()).unwrap();
-        k::selftest_convert(
+        kernels::selftest_convert(
             d,
             LaunchCfg::for_items(x.len(), 256),
-            xb.ptr(),
-            y.ptr_mut(),
-            x.len() as i32,
+            kernels::SelftestConvertArgs {
+                x: xb.ptr(),
+                y: y.ptr_mut(),
+                n: x.len() as i32,
+            },
         )
         .unwrap();
         let y = y.to_host(d).unwrap();

@@ -405,7 +405,7 @@ fn elementwise_ops_match_cpu() {
     }
 }
 
-/// Resampling and copies are exact up to bf16 rounding of the average (pooling).
+/// Resampling, channel concatenation and batch concatenation are exact (pure copies of bf16).
 #[test]
 fn resampling_concat_and_batch_ops_match_cpu() {
     for p in pairs() {
@@ -421,26 +421,10 @@ fn resampling_concat_and_batch_ops_match_cpu() {
             0.0,
         );
         check(
-            "avg_pool2x",
-            d,
-            &d.avg_pool2x(&xd).unwrap(),
-            &p.cpu.avg_pool2x(&xc).unwrap(),
-            1e-3,
-            1e-2,
-        );
-        check(
             "concat_channels",
             d,
             &d.concat_channels(&xd, &ad).unwrap(),
             &p.cpu.concat_channels(&xc, &ac).unwrap(),
-            0.0,
-            0.0,
-        );
-        check(
-            "slice_batch",
-            d,
-            &d.slice_batch(&xd, 1, 1).unwrap(),
-            &p.cpu.slice_batch(&xc, 1, 1).unwrap(),
             0.0,
             0.0,
         );

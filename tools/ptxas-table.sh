@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Resource usage of every kernel on Hopper: assembles the PTX that build.rs wrote
+# Resource usage of every kernel on Hopper: assembles the PTX that the build script wrote
 # ($OUT_DIR/ptx/*.ptx, newest build under target/, or the folder given with --ptx) with
 # `ptxas -v -arch=sm_90` and prints one line per kernel: registers, static shared memory, stack,
 # spill stores and loads. With --json FILE also writes the table as JSON.

@@ -142,7 +142,8 @@ pub trait Backend: Send + Sync {
         self.conv2d(&h, conv, residual)
     }
     /// Per-member last layer: sample `i` of `x` (batch `B*K`, member `i % K`) is convolved with
-    /// `convs[i % K]`. Default: one convolution per member on gathered rows.
+    /// `convs[i % K]`. No default: the CPU backend runs one convolution per member on gathered
+    /// rows, the CUDA backend one launch over the members' stacked weights.
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor>;
 
     /// GroupNorm over NHWC (statistics per sample and group over h, w and the group's channels),
@@ -175,12 +176,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<Tensor>;
     /// Nearest-neighbour 2x upsampling of NHWC.
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
-    /// 2x2 average pooling of NHWC (stride 2).
-    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor>;
     /// Concatenate two NHWC tensors along channels.
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    /// Rows `[start, start+len)` of the leading dimension.
-    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor>;
     /// Concatenate along the leading dimension.
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor>;
 }

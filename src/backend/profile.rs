@@ -143,14 +143,8 @@ impl Backend for Profiled {
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
         self.time("upsample", || self.inner.upsample_nearest2x(x))
     }
-    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
-        self.time("avg_pool", || self.inner.avg_pool2x(x))
-    }
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.time("concat_channels", || self.inner.concat_channels(a, b))
-    }
-    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        self.time("slice_batch", || self.inner.slice_batch(x, start, len))
     }
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
         self.time("concat_batch", || self.inner.concat_batch(parts))

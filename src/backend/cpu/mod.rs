@@ -346,23 +346,6 @@ impl Backend for CpuBackend {
         Ok(Tensor::host(vec![n, 2 * h, 2 * w, c], y))
     }
 
-    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.nhwc();
-        let (ho, wo) = (h / 2, w / 2);
-        let xs = host(x)?;
-        let mut y = vec![0.0f32; n * ho * wo * c];
-        y.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
-            let (b, oh, ow) = (p / (ho * wo), (p / wo) % ho, p % wo);
-            for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let s = ((b * h + 2 * oh + dy) * w + 2 * ow + dx) * c;
-                for ch in 0..c {
-                    o[ch] += 0.25 * xs[s + ch];
-                }
-            }
-        });
-        Ok(Tensor::host(vec![n, ho, wo, c], y))
-    }
-
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, h, w, ca) = a.nhwc();
         let (n2, h2, w2, cb) = b.nhwc();
@@ -377,20 +360,6 @@ impl Backend for CpuBackend {
             o[ca..].copy_from_slice(&xb[p * cb..(p + 1) * cb]);
         });
         Ok(Tensor::host(vec![n, h, w, c], y))
-    }
-
-    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        let n = x.shape()[0];
-        check(start + len <= n, || {
-            format!("slice_batch: [{start}, {}) of {n}", start + len)
-        })?;
-        let per = x.numel() / n.max(1);
-        let mut shape = x.shape().to_vec();
-        shape[0] = len;
-        Ok(Tensor::host(
-            shape,
-            host(x)?[start * per..(start + len) * per].to_vec(),
-        ))
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::device::{Bf16, DevBuf, DevPtr, Device, LaunchCfg};
-use super::kernels as k;
+use super::kernels;
 use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
 use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
@@ -156,15 +156,17 @@ impl CudaBackend {
         )?;
         let mut stats = DevBuf::<f32>::zeros(self.d(), n * norm.groups * 2)?;
         if n > 0 {
-            k::group_norm_stats(
+            kernels::group_norm_stats(
                 self.d(),
                 LaunchCfg::grid((norm.groups as u32, n as u32, 1), (256, 1, 1)),
-                self.bf16(x)?.ptr(),
-                stats.ptr_mut(),
-                i32_of(h * w, "h*w")?,
-                c as i32,
-                norm.groups as i32,
-                norm.eps,
+                kernels::GroupNormStatsArgs {
+                    x: self.bf16(x)?.ptr(),
+                    stats: stats.ptr_mut(),
+                    hw: i32_of(h * w, "h*w")?,
+                    c: c as i32,
+                    groups: norm.groups as i32,
+                    eps: norm.eps,
+                },
             )?;
         }
         Ok(stats)
@@ -185,7 +187,7 @@ impl CudaBackend {
         act: Activation,
     ) -> Result<()> {
         let kdim = g.ksize * g.ksize * g.cin;
-        let (stats, gamma, beta, groups, silu) = match prologue {
+        let (stats, gamma, beta, groups, norm_silu) = match prologue {
             Some(p) => (
                 p.stats.ptr(),
                 self.f32(&p.norm.gamma)?.ptr(),
@@ -201,6 +203,36 @@ impl CudaBackend {
         }
         i32_of(total.max(g.n * g.h * g.w * g.cin), "tensor size")?;
         let act = act_code(act);
+        // The argument struct of a convolution kernel: the parameters both kernels take, by name,
+        // then `$only`, those of that kernel alone.
+        macro_rules! conv_args {
+            ($args:ident { $($only:tt)* }) => {
+                kernels::$args {
+                    x,
+                    w,
+                    bias,
+                    residual,
+                    y: y.ptr_mut(),
+                    stats,
+                    gamma,
+                    beta,
+                    h: g.h as i32,
+                    wd: g.w as i32,
+                    cin: g.cin as i32,
+                    ho: g.ho as i32,
+                    wo: g.wo as i32,
+                    cout: g.cout as i32,
+                    ksize: g.ksize as i32,
+                    stride: g.stride as i32,
+                    pad: g.pad as i32,
+                    members: members as i32,
+                    groups,
+                    norm_silu,
+                    act,
+                    $($only)*
+                }
+            };
+        }
         if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
             let p = g.ho * g.wo;
             let cfg = LaunchCfg::grid(
@@ -211,58 +243,10 @@ impl CudaBackend {
                 ),
                 (128, 1, 1),
             );
-            k::conv2d_mma(
-                self.d(),
-                cfg,
-                x,
-                w,
-                bias,
-                residual,
-                y.ptr_mut(),
-                stats,
-                gamma,
-                beta,
-                g.h as i32,
-                g.w as i32,
-                g.cin as i32,
-                g.ho as i32,
-                g.wo as i32,
-                g.cout as i32,
-                g.ksize as i32,
-                g.stride as i32,
-                g.pad as i32,
-                members as i32,
-                groups,
-                silu,
-                act,
-            )
+            kernels::conv2d_mma(self.d(), cfg, conv_args!(Conv2dMmaArgs {}))
         } else {
-            k::conv2d_simple(
-                self.d(),
-                self.ew_cfg(total),
-                x,
-                w,
-                bias,
-                residual,
-                y.ptr_mut(),
-                stats,
-                gamma,
-                beta,
-                g.n as i32,
-                g.h as i32,
-                g.w as i32,
-                g.cin as i32,
-                g.ho as i32,
-                g.wo as i32,
-                g.cout as i32,
-                g.ksize as i32,
-                g.stride as i32,
-                g.pad as i32,
-                members as i32,
-                groups,
-                silu,
-                act,
-            )
+            let args = conv_args!(Conv2dSimpleArgs { n: g.n as i32 });
+            kernels::conv2d_simple(self.d(), self.ew_cfg(total), args)
         }
     }
 
@@ -332,7 +316,15 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        k::copy_bf16(self.d(), self.ew_cfg(n), src, dst, n as i64)
+        kernels::copy_bf16(
+            self.d(),
+            self.ew_cfg(n),
+            kernels::CopyBf16Args {
+                x: src,
+                y: dst,
+                n: n as i64,
+            },
+        )
     }
 }
 
@@ -351,13 +343,13 @@ fn geom(n: usize, h: usize, w: usize, ho: usize, wo: usize, spec: &ConvSpec) -> 
     }
 }
 
-/// The kernels' activation codes (`UQ_ACT_*` in kernels/uq_common.cuh).
+/// The kernels' activation code (`UQ_ACT_*` of kernels/uq_common.cuh, read by the build).
 fn act_code(act: Activation) -> i32 {
     match act {
-        Activation::None => 0,
-        Activation::Silu => 1,
-        Activation::QuickGelu => 2,
-        Activation::Gelu => 3,
+        Activation::None => kernels::UQ_ACT_NONE,
+        Activation::Silu => kernels::UQ_ACT_SILU,
+        Activation::QuickGelu => kernels::UQ_ACT_QUICK_GELU,
+        Activation::Gelu => kernels::UQ_ACT_GELU,
     }
 }
 
@@ -520,12 +512,14 @@ impl Backend for CudaBackend {
                 per_w,
             )?;
             if let Some(b) = &cv.bias {
-                k::copy_f32(
+                kernels::copy_f32(
                     self.d(),
                     self.ew_cfg(spec.cout),
-                    self.f32(b)?.ptr(),
-                    ball.ptr_mut().offset(m * spec.cout),
-                    spec.cout as i64,
+                    kernels::CopyF32Args {
+                        x: self.f32(b)?.ptr(),
+                        y: ball.ptr_mut().offset(m * spec.cout),
+                        n: spec.cout as i64,
+                    },
                 )?;
             }
         }
@@ -556,19 +550,21 @@ impl Backend for CudaBackend {
         let n = x.numel();
         let mut y = self.alloc_bf16(n)?;
         if n > 0 {
-            k::group_norm_apply(
+            kernels::group_norm_apply(
                 self.d(),
                 self.ew_cfg(n),
-                self.bf16(x)?.ptr(),
-                stats.ptr(),
-                self.f32(&norm.gamma)?.ptr(),
-                self.f32(&norm.beta)?.ptr(),
-                y.ptr_mut(),
-                n as i64,
-                i32_of(h * w, "h*w")?,
-                c as i32,
-                norm.groups as i32,
-                silu as i32,
+                kernels::GroupNormApplyArgs {
+                    x: self.bf16(x)?.ptr(),
+                    stats: stats.ptr(),
+                    gamma: self.f32(&norm.gamma)?.ptr(),
+                    beta: self.f32(&norm.beta)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i64,
+                    hw: i32_of(h * w, "h*w")?,
+                    c: c as i32,
+                    groups: norm.groups as i32,
+                    silu: silu as i32,
+                },
             )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
@@ -586,15 +582,17 @@ impl Backend for CudaBackend {
         let rows = x.numel() / d;
         let mut y = self.alloc_bf16(x.numel())?;
         if rows > 0 {
-            k::layer_norm_bf16(
+            kernels::layer_norm_bf16(
                 self.d(),
                 LaunchCfg::linear(rows as u32, 256),
-                self.bf16(x)?.ptr(),
-                self.f32(&norm.gamma)?.ptr(),
-                self.f32(&norm.beta)?.ptr(),
-                y.ptr_mut(),
-                d as i32,
-                norm.eps,
+                kernels::LayerNormBf16Args {
+                    x: self.bf16(x)?.ptr(),
+                    gamma: self.f32(&norm.gamma)?.ptr(),
+                    beta: self.f32(&norm.beta)?.ptr(),
+                    y: y.ptr_mut(),
+                    dim: d as i32,
+                    eps: norm.eps,
+                },
             )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
@@ -660,13 +658,15 @@ impl Backend for CudaBackend {
         let n = x.numel();
         let mut y = self.alloc_bf16(n)?;
         if n > 0 {
-            k::activation_bf16(
+            kernels::activation_bf16(
                 self.d(),
                 self.ew_cfg(n),
-                self.bf16(x)?.ptr(),
-                y.ptr_mut(),
-                n as i64,
-                act_code(act),
+                kernels::ActivationBf16Args {
+                    x: self.bf16(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i64,
+                    act: act_code(act),
+                },
             )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
@@ -679,13 +679,15 @@ impl Backend for CudaBackend {
         let n = a.numel();
         let mut y = self.alloc_bf16(n)?;
         if n > 0 {
-            k::add_bf16(
+            kernels::add_bf16(
                 self.d(),
                 self.ew_cfg(n),
-                self.bf16(a)?.ptr(),
-                self.bf16(b)?.ptr(),
-                y.ptr_mut(),
-                n as i64,
+                kernels::AddBf16Args {
+                    a: self.bf16(a)?.ptr(),
+                    b: self.bf16(b)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i64,
+                },
             )?;
         }
         Ok(Self::wrap(a.shape().to_vec(), CudaStorage::Bf16(y)))
@@ -700,15 +702,17 @@ impl Backend for CudaBackend {
         let total = x.numel();
         let mut y = self.alloc_bf16(total)?;
         if total > 0 {
-            k::add_per_sample_bf16(
+            kernels::add_per_sample_bf16(
                 self.d(),
                 self.ew_cfg(total),
-                self.bf16(x)?.ptr(),
-                self.bf16(v)?.ptr(),
-                y.ptr_mut(),
-                total as i64,
-                (total / n) as i64,
-                c as i32,
+                kernels::AddPerSampleBf16Args {
+                    x: self.bf16(x)?.ptr(),
+                    v: self.bf16(v)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: total as i64,
+                    per_sample: (total / n) as i64,
+                    c: c as i32,
+                },
             )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
@@ -717,12 +721,12 @@ impl Backend for CudaBackend {
     fn attention(
         &self,
         q: &Tensor,
-        k_: &Tensor,
+        k: &Tensor,
         v: &Tensor,
         heads: usize,
         scale: f32,
     ) -> Result<Tensor> {
-        let (qs, ks) = (q.shape(), k_.shape());
+        let (qs, ks) = (q.shape(), k.shape());
         check(
             qs.len() == 3 && ks.len() == 3 && ks == v.shape() && qs[0] == ks[0] && qs[2] == ks[2],
             || format!("attention: q {qs:?}, k {ks:?}, v {:?}", v.shape()),
@@ -744,18 +748,20 @@ impl Backend for CudaBackend {
                 (128, 1, 1),
             )
             .with_smem(smem);
-            k::attention_bf16(
+            kernels::attention_bf16(
                 self.d(),
                 cfg,
-                self.bf16(q)?.ptr(),
-                self.bf16(k_)?.ptr(),
-                self.bf16(v)?.ptr(),
-                y.ptr_mut(),
-                i32_of(lq, "query length")?,
-                i32_of(lk, "key length")?,
-                heads as i32,
-                dh as i32,
-                scale,
+                kernels::AttentionBf16Args {
+                    q: self.bf16(q)?.ptr(),
+                    k: self.bf16(k)?.ptr(),
+                    v: self.bf16(v)?.ptr(),
+                    out: y.ptr_mut(),
+                    lq: i32_of(lq, "query length")?,
+                    lk: i32_of(lk, "key length")?,
+                    heads: heads as i32,
+                    dh: dh as i32,
+                    scale,
+                },
             )?;
         }
         Ok(Self::wrap(qs.to_vec(), CudaStorage::Bf16(y)))
@@ -767,37 +773,20 @@ impl Backend for CudaBackend {
         let mut y = self.alloc_bf16(total)?;
         if total > 0 {
             i32_of(total, "tensor size")?;
-            k::upsample_nearest2x_bf16(
+            kernels::upsample_nearest2x_bf16(
                 self.d(),
                 self.ew_cfg(total),
-                self.bf16(x)?.ptr(),
-                y.ptr_mut(),
-                n as i32,
-                h as i32,
-                w as i32,
-                c as i32,
+                kernels::UpsampleNearest2xBf16Args {
+                    x: self.bf16(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i32,
+                    h: h as i32,
+                    w: w as i32,
+                    c: c as i32,
+                },
             )?;
         }
         Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
-    }
-
-    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.nhwc();
-        let total = n * (h / 2) * (w / 2) * c;
-        let mut y = self.alloc_bf16(total)?;
-        if total > 0 {
-            k::avg_pool2x_bf16(
-                self.d(),
-                self.ew_cfg(total),
-                self.bf16(x)?.ptr(),
-                y.ptr_mut(),
-                n as i32,
-                h as i32,
-                w as i32,
-                c as i32,
-            )?;
-        }
-        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
     }
 
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -809,36 +798,20 @@ impl Backend for CudaBackend {
         let pixels = n * h * w;
         let mut y = self.alloc_bf16(pixels * (ca + cb))?;
         if pixels * (ca + cb) > 0 {
-            k::concat_channels_bf16(
+            kernels::concat_channels_bf16(
                 self.d(),
                 self.ew_cfg(pixels * (ca + cb)),
-                self.bf16(a)?.ptr(),
-                self.bf16(b)?.ptr(),
-                y.ptr_mut(),
-                pixels as i64,
-                ca as i32,
-                cb as i32,
+                kernels::ConcatChannelsBf16Args {
+                    a: self.bf16(a)?.ptr(),
+                    b: self.bf16(b)?.ptr(),
+                    y: y.ptr_mut(),
+                    pixels: pixels as i64,
+                    ca: ca as i32,
+                    cb: cb as i32,
+                },
             )?;
         }
         Ok(Self::wrap(vec![n, h, w, ca + cb], CudaStorage::Bf16(y)))
-    }
-
-    fn slice_batch(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        let shape = x.shape();
-        let n = shape.first().copied().unwrap_or(0);
-        check(start + len <= n, || {
-            format!("slice_batch: rows {start}..{} of {shape:?}", start + len)
-        })?;
-        let per = x.numel().checked_div(n).unwrap_or(0);
-        let mut y = self.alloc_bf16(len * per)?;
-        self.copy(
-            self.bf16(x)?.ptr().offset(start * per),
-            y.ptr_mut(),
-            len * per,
-        )?;
-        let mut oshape = shape.to_vec();
-        oshape[0] = len;
-        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {

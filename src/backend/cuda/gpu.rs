@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 
+use super::cuda_dirs;
 use super::device::{check_args, Device, KernelArg, KernelDef, LaunchCfg, RawBuf};
 use super::kernels::MODULES;
 use crate::error::{Error, Result};
@@ -223,49 +224,15 @@ impl Device for GpuDevice {
     }
 }
 
-/// Folders that may hold the CUDA headers (for run-time compilation).
-fn include_dirs() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Ok(p) = std::env::var("UQENGINE_CUDA_INCLUDE") {
-        v.push(PathBuf::from(p));
-    }
-    v.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda/nvidia/cu13/include"));
-    v.push(PathBuf::from("/usr/local/cuda/include"));
-    v.into_iter()
-        .filter(|p| p.join("cuda_bf16.h").exists())
-        .collect()
+/// The repository root, where `.cuda` (tools/install-cuda-tools.sh) may hold NVRTC and headers.
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Make the run-time NVRTC loadable: on the loader path, or by full path from
-/// `UQENGINE_CUDA_LIB` / the repository's `.cuda` folder (builtins first).
+/// Make the run-time NVRTC loadable: on the loader path, or by full path from the folders of
+/// [`cuda_dirs::nvrtc_lib_dirs`] (the build searches the same ones).
 pub fn nvrtc_present() -> bool {
-    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return true;
-    }
-    let mut dirs = Vec::new();
-    if let Ok(p) = std::env::var("UQENGINE_CUDA_LIB") {
-        dirs.push(PathBuf::from(p));
-    }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cuda/nvidia/cu13/lib"));
-    for dir in dirs {
-        let nvrtc = dir.join("libnvrtc.so.13");
-        if !nvrtc.exists() {
-            continue;
-        }
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("libnvrtc-builtins.so") && !n.contains(".alt.") {
-                if let Ok(lib) = unsafe { libloading::Library::new(e.path()) } {
-                    std::mem::forget(lib);
-                }
-            }
-        }
-        if let Ok(lib) = unsafe { libloading::Library::new(&nvrtc) } {
-            std::mem::forget(lib);
-            return unsafe { cudarc::nvrtc::sys::is_culib_present() };
-        }
-    }
-    false
+    cuda_dirs::load_nvrtc(manifest_dir())
 }
 
 /// Compile an embedded kernel source with the run-time NVRTC.
@@ -284,7 +251,7 @@ fn compile_at_runtime(module: &str, source: &str, arch: &str) -> Result<String> 
     let arch: &'static str = Box::leak(arch.to_string().into_boxed_str());
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
-        include_paths: include_dirs()
+        include_paths: cuda_dirs::include_dirs(manifest_dir())
             .iter()
             .map(|p| p.display().to_string())
             .collect(),

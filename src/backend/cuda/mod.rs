@@ -3,6 +3,7 @@
 //! `emu`, the same kernels compiled for the host ([`emu::EmuDevice`]).
 
 mod backend;
+mod cuda_dirs;
 pub mod device;
 #[cfg(feature = "emu")]
 pub mod emu;
