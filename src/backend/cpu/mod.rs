@@ -140,28 +140,28 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
-        let k = convs.len();
+        let members = convs.len();
         let (nb, h, w, c) = x.nhwc();
-        check(k > 0 && nb % k == 0, || {
-            format!("conv2d_members: batch {nb} is not a multiple of {k} members")
+        check(members > 0 && nb % members == 0, || {
+            format!("conv2d_members: batch {nb} is not a multiple of {members} members")
         })?;
         let xs = host(x)?;
         let per_in = h * w * c;
         let spec = convs[0].spec;
         let (ho, wo) = spec.out_hw(h, w);
         let per_out = ho * wo * spec.cout;
-        let b = nb / k;
+        let samples = nb / members;
         let mut out = vec![0.0f32; nb * per_out];
         for (m, conv) in convs.iter().enumerate() {
-            let mut gathered = Vec::with_capacity(b * per_in);
-            for i in 0..b {
-                let s = (i * k + m) * per_in;
+            let mut gathered = Vec::with_capacity(samples * per_in);
+            for i in 0..samples {
+                let s = (i * members + m) * per_in;
                 gathered.extend_from_slice(&xs[s..s + per_in]);
             }
-            let y = self.conv2d(&Tensor::host(vec![b, h, w, c], gathered), conv, None)?;
+            let y = self.conv2d(&Tensor::host(vec![samples, h, w, c], gathered), conv, None)?;
             let ys = host(&y)?;
-            for i in 0..b {
-                let d = (i * k + m) * per_out;
+            for i in 0..samples {
+                let d = (i * members + m) * per_out;
                 out[d..d + per_out].copy_from_slice(&ys[i * per_out..(i + 1) * per_out]);
             }
         }
