@@ -1,5 +1,6 @@
 //! uqengine: diffusion sampling with generative uncertainty.
 pub mod backend;
+pub mod config;
 pub mod error;
 pub mod io;
 pub mod job;

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::config::{ConfigValue, JsonConfig, Positive};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -206,177 +207,117 @@ impl Default for ClipPreprocess {
     }
 }
 
-fn config_err(path: &Path, key: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        key: key.into(),
-        msg: msg.into(),
+/// `image_mean` or `image_std`: one number, or a non-empty list of numbers (stored as f32).
+struct Floats(Vec<f32>);
+
+impl ConfigValue for Floats {
+    const EXPECTED: &'static str = "a number or a non-empty list of numbers";
+    fn from_json(v: &Value) -> Option<Self> {
+        match v {
+            Value::Number(n) => Some(Floats(vec![n.as_f64()? as f32])),
+            Value::Array(a) if !a.is_empty() => a
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .map(Floats),
+            _ => None,
+        }
     }
 }
 
-fn positive(v: &Value, path: &Path, key: &str) -> Result<usize> {
-    match v.as_u64() {
-        Some(x) if x > 0 => Ok(x as usize),
-        _ => Err(config_err(
-            path,
+/// The value `v` of `key` (`size` or `crop_size`) as (height, width): an integer for a square,
+/// `[height, width]`, or `{"height": .., "width": ..}`.
+fn height_width(c: &JsonConfig, key: &str, v: &Value) -> Result<(usize, usize)> {
+    let side = |v: &Value| -> Result<usize> { Ok(c.convert::<Positive<usize>>(key, v)?.0) };
+    match v {
+        Value::Number(_) => {
+            let s = side(v)?;
+            Ok((s, s))
+        }
+        Value::Array(a) if a.len() == 2 => Ok((side(&a[0])?, side(&a[1])?)),
+        Value::Object(o) => {
+            let hw = c.nested(key, o);
+            hw.deny_unknown(&["height", "width"])?;
+            Ok((
+                hw.req::<Positive<usize>>("height")?.0,
+                hw.req::<Positive<usize>>("width")?.0,
+            ))
+        }
+        _ => Err(c.wrong_type(
             key,
-            format!("expected a positive integer, got {v}"),
+            "a positive integer, a [height, width] list or a {height, width} object",
+            v,
         )),
     }
 }
 
-fn floats(v: &Value, path: &Path, key: &str) -> Result<Vec<f32>> {
-    let bad = || {
-        config_err(
-            path,
-            key,
-            format!("expected a number or a list of numbers, got {v}"),
-        )
-    };
-    match v {
-        Value::Number(n) => Ok(vec![n.as_f64().ok_or_else(bad)? as f32]),
-        Value::Array(a) if !a.is_empty() => a
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
-    }
-}
-
-/// `{"height", "width"}` (or an int for a square, or `[h, w]`) as (height, width).
-fn height_width(v: &Value, path: &Path, key: &str) -> Result<(usize, usize)> {
-    match v {
-        Value::Number(_) => {
-            let s = positive(v, path, key)?;
-            Ok((s, s))
-        }
-        Value::Array(a) if a.len() == 2 => {
-            Ok((positive(&a[0], path, key)?, positive(&a[1], path, key)?))
-        }
-        Value::Object(o) if o.len() == 2 && o.contains_key("height") && o.contains_key("width") => {
-            Ok((
-                positive(&o["height"], path, &format!("{key}.height"))?,
-                positive(&o["width"], path, &format!("{key}.width"))?,
-            ))
-        }
-        _ => Err(Error::Unsupported {
-            path: path.to_path_buf(),
-            key: key.into(),
-            value: v.to_string(),
-        }),
-    }
+/// The `{"shortest_edge": .., "longest_edge": ..}` object `o` of `size` (`longest_edge`
+/// optional).
+fn shortest_edge(c: &JsonConfig, o: &Map<String, Value>) -> Result<ResizeTarget> {
+    let size = c.nested("size", o);
+    size.deny_unknown(&["shortest_edge", "longest_edge"])?;
+    Ok(ResizeTarget::ShortestEdge {
+        shortest: size.req::<Positive<usize>>("shortest_edge")?.0,
+        longest: size
+            .present::<Positive<usize>>("longest_edge")?
+            .map(|l| l.0),
+    })
 }
 
 impl ClipPreprocess {
     /// Read a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&text, path)
+        Self::from_json(&JsonConfig::open(path)?)
     }
 
-    /// Parse a `preprocessor_config.json` text (`path` names it in errors). Keys absent from the
-    /// file take the processor's defaults; keys that do not affect CLIP preprocessing are
-    /// ignored.
+    /// Parse a `preprocessor_config.json` text (`path` names it in errors).
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        let obj = root.as_object().ok_or_else(|| Error::Json {
-            path: path.to_path_buf(),
-            msg: "top level is not an object".into(),
-        })?;
-        Self::from_map(obj, path)
+        Self::from_json(&JsonConfig::parse(text, path)?)
     }
 
-    fn from_map(obj: &Map<String, Value>, path: &Path) -> Result<Self> {
+    /// Parse an already-read `preprocessor_config.json`. Keys absent from the file take the
+    /// processor's defaults; keys that do not affect CLIP preprocessing are ignored.
+    pub fn from_json(c: &JsonConfig) -> Result<Self> {
         let mut p = ClipPreprocess::default();
-        let flag = |key: &str, default: bool| -> Result<bool> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(v) => Err(config_err(
-                    path,
-                    key,
-                    format!("expected true or false, got {v}"),
-                )),
-            }
-        };
-        p.do_convert_rgb = flag("do_convert_rgb", p.do_convert_rgb)?;
-        p.do_resize = flag("do_resize", p.do_resize)?;
-        p.do_center_crop = flag("do_center_crop", p.do_center_crop)?;
-        p.do_rescale = flag("do_rescale", p.do_rescale)?;
-        p.do_normalize = flag("do_normalize", p.do_normalize)?;
-        let default_to_square = flag("default_to_square", false)?;
-        if flag("do_pad", false)? {
-            return Err(Error::Unsupported {
-                path: path.to_path_buf(),
-                key: "do_pad".into(),
-                value: "true".into(),
-            });
+        p.do_convert_rgb = c.or("do_convert_rgb", p.do_convert_rgb)?;
+        p.do_resize = c.or("do_resize", p.do_resize)?;
+        p.do_center_crop = c.or("do_center_crop", p.do_center_crop)?;
+        p.do_rescale = c.or("do_rescale", p.do_rescale)?;
+        p.do_normalize = c.or("do_normalize", p.do_normalize)?;
+        let default_to_square = c.or("default_to_square", false)?;
+        if c.or("do_pad", false)? {
+            return Err(c.unsupported("do_pad", true));
         }
 
-        if let Some(v) = obj.get("size").filter(|v| !v.is_null()) {
+        if let Some(v) = c.get("size") {
             p.size = match v {
                 Value::Number(_) if !default_to_square => ResizeTarget::ShortestEdge {
-                    shortest: positive(v, path, "size")?,
+                    shortest: c.convert::<Positive<usize>>("size", v)?.0,
                     longest: None,
                 },
-                Value::Object(o) if o.contains_key("shortest_edge") => {
-                    let shortest = positive(&o["shortest_edge"], path, "size.shortest_edge")?;
-                    let longest = match o.get("longest_edge") {
-                        Some(l) => Some(positive(l, path, "size.longest_edge")?),
-                        None => None,
-                    };
-                    if o.len() != 1 + longest.is_some() as usize {
-                        return Err(Error::Unsupported {
-                            path: path.to_path_buf(),
-                            key: "size".into(),
-                            value: v.to_string(),
-                        });
-                    }
-                    ResizeTarget::ShortestEdge { shortest, longest }
-                }
+                Value::Object(o) if o.contains_key("shortest_edge") => shortest_edge(c, o)?,
                 _ => {
-                    let (height, width) = height_width(v, path, "size")?;
+                    let (height, width) = height_width(c, "size", v)?;
                     ResizeTarget::Exact { height, width }
                 }
             };
         }
-        if let Some(v) = obj.get("crop_size").filter(|v| !v.is_null()) {
-            p.crop_size = height_width(v, path, "crop_size")?;
+        if let Some(v) = c.get("crop_size") {
+            p.crop_size = height_width(c, "crop_size", v)?;
         }
-        if let Some(v) = obj.get("resample").filter(|v| !v.is_null()) {
-            p.resample = v
-                .as_i64()
-                .and_then(Resample::from_pil_code)
-                .ok_or_else(|| Error::Unsupported {
-                    path: path.to_path_buf(),
-                    key: "resample".into(),
-                    value: v.to_string(),
-                })?;
+        if let Some(code) = c.opt::<i64>("resample")? {
+            p.resample =
+                Resample::from_pil_code(code).ok_or_else(|| c.unsupported("resample", code))?;
         }
-        if let Some(v) = obj.get("rescale_factor").filter(|v| !v.is_null()) {
-            p.rescale_factor = v.as_f64().ok_or_else(|| {
-                config_err(
-                    path,
-                    "rescale_factor",
-                    format!("expected a number, got {v}"),
-                )
-            })?;
+        p.rescale_factor = c.or("rescale_factor", p.rescale_factor)?;
+        if let Some(Floats(mean)) = c.opt("image_mean")? {
+            p.image_mean = mean;
         }
-        if let Some(v) = obj.get("image_mean").filter(|v| !v.is_null()) {
-            p.image_mean = floats(v, path, "image_mean")?;
-        }
-        if let Some(v) = obj.get("image_std").filter(|v| !v.is_null()) {
-            p.image_std = floats(v, path, "image_std")?;
-            if p.image_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-                return Err(config_err(
-                    path,
-                    "image_std",
-                    "values must be finite and non-zero",
-                ));
+        if let Some(Floats(std)) = c.opt("image_std")? {
+            if std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+                return Err(c.err("image_std", "values must be finite and non-zero"));
             }
+            p.image_std = std;
         }
         Ok(p)
     }
