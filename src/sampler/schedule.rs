@@ -243,16 +243,13 @@ impl SchedulerConfig {
                     self.timestep_spacing = named(c, key, value, TimestepSpacing::parse)?
                 }
                 "variance_type" => self.variance_type = named(c, key, value, VarianceType::parse)?,
-                "trained_betas" => {
-                    if !value.is_null() {
-                        return Err(c.unsupported(key, show(value)));
-                    }
+                "trained_betas" if !value.is_null() => {
+                    return Err(c.unsupported(key, show(value)));
                 }
-                "thresholding" | "rescale_betas_zero_snr" => {
-                    if c.convert(key, value)? {
-                        return Err(c.unsupported(key, show(value)));
-                    }
+                "thresholding" | "rescale_betas_zero_snr" if c.convert(key, value)? => {
+                    return Err(c.unsupported(key, show(value)));
                 }
+                // A null `trained_betas` and disabled features need nothing.
                 _ => {}
             }
         }
