@@ -13,11 +13,11 @@ use serde_json::json;
 
 use crate::backend::{Backend, Conv2d};
 use crate::error::{Error, Result};
+use crate::image::HwcImage;
 use crate::io::npy::{self, nchw_to_nhwc, nhwc_to_nchw};
 use crate::io::{contact_sheet, images_out, members, scores};
 use crate::laplace::Posterior;
 use crate::models::clip::ClipVision;
-use crate::models::clip_preprocess::HwcImage;
 use crate::models::unet::UNet;
 use crate::pipeline::{class_of, initial_noise, BatchInput, ClassChoice, Generator};
 use crate::sampler::{Sampler, SamplerKind, SchedulerConfig};

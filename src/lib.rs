@@ -2,6 +2,7 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod image;
 pub mod io;
 pub mod job;
 pub mod laplace;
