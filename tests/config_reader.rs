@@ -33,14 +33,21 @@ fn unknown(path: &str, key: &str, known: &[&str]) -> String {
     )
 }
 
-/// The message of `r`'s error, which must be an [`Error::Config`] naming `path`.
-fn config_err<T: std::fmt::Debug>(r: uqengine::Result<T>, path: &str) -> String {
-    let e = r.expect_err("expected a config error");
-    assert!(
-        matches!(&e, Error::Config { path: p, .. } if p == Path::new(path)),
-        "{e:?}"
-    );
-    e.to_string()
+/// Parses each text of `cases` with `parse` and asserts that it fails with an [`Error::Config`]
+/// naming `path`, whose message is the one given.
+fn check<T: std::fmt::Debug>(
+    parse: impl Fn(&str) -> uqengine::Result<T>,
+    path: &str,
+    cases: &[(&str, String)],
+) {
+    for (text, want) in cases {
+        let e = parse(text).expect_err(text);
+        assert!(
+            matches!(&e, Error::Config { path: p, .. } if p == Path::new(path)),
+            "{text}: {e:?}"
+        );
+        assert_eq!(&e.to_string(), want, "{text}");
+    }
 }
 
 const UNET: &str = r#"{
@@ -70,40 +77,37 @@ fn unet(text: &str) -> uqengine::Result<UNetConfig> {
 #[test]
 fn unet_config_errors() {
     let p = "unet/config.json";
-    let base = unet(UNET).unwrap();
-    assert_eq!(
-        config_err(unet(&unet_with("down_block_types", None)), p),
-        missing(p, "down_block_types")
-    );
-    assert_eq!(
-        config_err(
-            unet(&unet_with("sample_size", Some(serde_json::Value::Null))),
-            p
-        ),
-        missing(p, "sample_size")
-    );
-    assert_eq!(
-        config_err(unet(&unet_with("layers_per_block", Some("two".into()))), p),
-        wrong_type(p, "layers_per_block", "a non-negative integer", "\"two\"")
-    );
-    assert_eq!(
-        config_err(
-            unet(&unet_with(
-                "up_block_types",
-                Some(serde_json::json!(["UpBlock2D", 3]))
-            )),
-            p
-        ),
-        wrong_type(
-            p,
-            "up_block_types",
-            "a list of strings",
-            "[\"UpBlock2D\",3]"
-        )
+    let list = serde_json::json!(["UpBlock2D", 3]);
+    check(
+        unet,
+        p,
+        &[
+            (
+                &unet_with("down_block_types", None),
+                missing(p, "down_block_types"),
+            ),
+            (
+                &unet_with("sample_size", Some(serde_json::Value::Null)),
+                missing(p, "sample_size"),
+            ),
+            (
+                &unet_with("layers_per_block", Some("two".into())),
+                wrong_type(p, "layers_per_block", "a non-negative integer", "\"two\""),
+            ),
+            (
+                &unet_with("up_block_types", Some(list)),
+                wrong_type(
+                    p,
+                    "up_block_types",
+                    "a list of strings",
+                    "[\"UpBlock2D\",3]",
+                ),
+            ),
+        ],
     );
     // config.json files carry keys the engine does not read; they are ignored.
     let extra = unet_with("made_up_key", Some(serde_json::json!({"a": 1})));
-    assert_eq!(unet(&extra).unwrap(), base);
+    assert_eq!(unet(&extra).unwrap(), unet(UNET).unwrap());
 }
 
 fn clip(text: &str) -> uqengine::Result<ClipVisionConfig> {
@@ -113,28 +117,29 @@ fn clip(text: &str) -> uqengine::Result<ClipVisionConfig> {
 #[test]
 fn clip_vision_config_errors() {
     let p = "clip/config.json";
-    assert_eq!(
-        config_err(clip(r#"{"model_type": "clip"}"#), p),
-        missing(p, "vision_config")
-    );
-    assert_eq!(
-        config_err(clip(r#"{"hidden_size": "big"}"#), p),
-        wrong_type(p, "hidden_size", "a positive integer", "\"big\"")
-    );
-    assert_eq!(
-        config_err(
-            clip(r#"{"model_type": "clip", "vision_config": {"patch_size": 0}}"#),
-            p
-        ),
-        wrong_type(p, "vision_config.patch_size", "a positive integer", "0")
-    );
-    assert_eq!(
-        config_err(clip(r#"{"vision_config": [1]}"#), p),
-        wrong_type(p, "vision_config", "an object", "[1]")
-    );
-    assert_eq!(
-        config_err(clip(r#"{"layer_norm_eps": -0.5}"#), p),
-        wrong_type(p, "layer_norm_eps", "a positive number", "-0.5")
+    let positive = "a positive integer";
+    check(
+        clip,
+        p,
+        &[
+            (r#"{"model_type": "clip"}"#, missing(p, "vision_config")),
+            (
+                r#"{"hidden_size": "big"}"#,
+                wrong_type(p, "hidden_size", positive, "\"big\""),
+            ),
+            (
+                r#"{"model_type": "clip", "vision_config": {"patch_size": 0}}"#,
+                wrong_type(p, "vision_config.patch_size", positive, "0"),
+            ),
+            (
+                r#"{"vision_config": [1]}"#,
+                wrong_type(p, "vision_config", "an object", "[1]"),
+            ),
+            (
+                r#"{"layer_norm_eps": -0.5}"#,
+                wrong_type(p, "layer_norm_eps", "a positive number", "-0.5"),
+            ),
+        ],
     );
     // Unknown keys (the text tower's, transformers' bookkeeping) are ignored.
     let extra =
@@ -149,43 +154,37 @@ fn preprocess(text: &str) -> uqengine::Result<ClipPreprocess> {
 #[test]
 fn clip_preprocessor_config_errors() {
     let p = "clip/preprocessor_config.json";
-    assert_eq!(
-        config_err(preprocess(r#"{"size": {"height": 224}}"#), p),
-        missing(p, "size.width")
-    );
-    assert_eq!(
-        config_err(preprocess(r#"{"do_resize": "yes"}"#), p),
-        wrong_type(p, "do_resize", "true or false", "\"yes\"")
-    );
-    assert_eq!(
-        config_err(preprocess(r#"{"image_mean": []}"#), p),
-        wrong_type(
-            p,
-            "image_mean",
-            "a number or a non-empty list of numbers",
-            "[]"
-        )
-    );
-    assert_eq!(
-        config_err(
-            preprocess(r#"{"size": {"shortest_edge": 224, "longest_edge": null}}"#),
-            p
-        ),
-        wrong_type(p, "size.longest_edge", "a positive integer", "null")
-    );
-    assert_eq!(
-        config_err(
-            preprocess(r#"{"crop_size": {"height": 224, "width": 224, "depth": 3}}"#),
-            p
-        ),
-        unknown(p, "crop_size.depth", &["height", "width"])
-    );
-    assert_eq!(
-        config_err(
-            preprocess(r#"{"size": {"shortest_edge": 224, "height": 224}}"#),
-            p
-        ),
-        unknown(p, "size.height", &["shortest_edge", "longest_edge"])
+    check(
+        preprocess,
+        p,
+        &[
+            (r#"{"size": {"height": 224}}"#, missing(p, "size.width")),
+            (
+                r#"{"do_resize": "yes"}"#,
+                wrong_type(p, "do_resize", "true or false", "\"yes\""),
+            ),
+            (
+                r#"{"image_mean": []}"#,
+                wrong_type(
+                    p,
+                    "image_mean",
+                    "a number or a non-empty list of numbers",
+                    "[]",
+                ),
+            ),
+            (
+                r#"{"size": {"shortest_edge": 224, "longest_edge": null}}"#,
+                wrong_type(p, "size.longest_edge", "a positive integer", "null"),
+            ),
+            (
+                r#"{"crop_size": {"height": 224, "width": 224, "depth": 3}}"#,
+                unknown(p, "crop_size.depth", &["height", "width"]),
+            ),
+            (
+                r#"{"size": {"shortest_edge": 224, "height": 224}}"#,
+                unknown(p, "size.height", &["shortest_edge", "longest_edge"]),
+            ),
+        ],
     );
     // Top-level keys that do not affect CLIP preprocessing are ignored.
     let extra = r#"{"feature_extractor_type": "CLIPFeatureExtractor", "made_up": 1}"#;
@@ -201,29 +200,44 @@ fn scheduler_config_and_override_errors() {
     let p = "scheduler/scheduler_config.json";
     // No key is required: absent keys take the DDIMScheduler defaults.
     assert_eq!(scheduler("{}").unwrap(), SchedulerConfig::default());
-    assert_eq!(
-        config_err(scheduler(r#"{"clip_sample": "yes"}"#), p),
-        wrong_type(p, "clip_sample", "true or false", "\"yes\"")
-    );
-    assert_eq!(
-        config_err(scheduler(r#"{"num_train_timesteps": null}"#), p),
-        wrong_type(p, "num_train_timesteps", "a non-negative integer", "null")
+    check(
+        scheduler,
+        p,
+        &[
+            (
+                r#"{"clip_sample": "yes"}"#,
+                wrong_type(p, "clip_sample", "true or false", "\"yes\""),
+            ),
+            (
+                r#"{"num_train_timesteps": null}"#,
+                wrong_type(p, "num_train_timesteps", "a non-negative integer", "null"),
+            ),
+        ],
     );
     // A config file may hold other schedulers' keys; they are ignored.
     let extra = r#"{"_class_name": "PNDMScheduler", "skip_prk_steps": true}"#;
     assert_eq!(scheduler(extra).unwrap(), SchedulerConfig::default());
 
+    // Overrides `key=value`, here written `key value`, reject unknown keys.
     let o = OVERRIDE_PATH;
-    let mut config = SchedulerConfig::default();
-    assert_eq!(
-        config_err(config.set_override("steps_offset", "one"), o),
-        wrong_type(o, "steps_offset", "a non-negative integer", "\"one\"")
+    let set = |kv: &str| {
+        let (key, value) = kv.split_once(' ').unwrap();
+        SchedulerConfig::default().set_override(key, value)
+    };
+    check(
+        set,
+        o,
+        &[
+            (
+                "steps_offset one",
+                wrong_type(o, "steps_offset", "a non-negative integer", "\"one\""),
+            ),
+            (
+                "beta_schedul linear",
+                unknown(o, "beta_schedul", KNOWN_KEYS),
+            ),
+        ],
     );
-    assert_eq!(
-        config_err(config.set_override("beta_schedul", "linear"), o),
-        unknown(o, "beta_schedul", KNOWN_KEYS)
-    );
-    assert_eq!(config, SchedulerConfig::default());
 }
 
 #[test]
