@@ -38,7 +38,7 @@ pub enum Error {
         key: String,
         value: String,
     },
-    #[error("{path}: config `{key}` is missing or has the wrong type: {msg}")]
+    #[error("{path}: config key `{key}`: {msg}")]
     Config {
         path: PathBuf,
         key: String,

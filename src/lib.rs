@@ -1,7 +1,9 @@
 //! uqengine: diffusion sampling with generative uncertainty.
 pub mod backend;
+pub mod config;
 pub mod error;
 pub mod eval;
+pub mod image;
 pub mod io;
 pub mod job;
 pub mod keep;

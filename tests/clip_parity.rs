@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
+use uqengine::image::HwcImage;
 use uqengine::models::clip::{ClipVision, ClipVisionConfig};
-use uqengine::models::clip_preprocess::{ClipPreprocess, HwcImage};
+use uqengine::models::clip_preprocess::ClipPreprocess;
 use uqengine::Error;
 
 fn fixtures() -> PathBuf {

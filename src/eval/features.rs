@@ -10,7 +10,7 @@ use crate::io::images_in::list_images;
 use crate::io::members::load_png_u8;
 use crate::io::npy;
 use crate::models::clip::ClipVision;
-use crate::models::clip_preprocess::HwcImage;
+use crate::image::HwcImage;
 
 /// Images sent through the extractor at once.
 const IMAGES_PER_BATCH: usize = 64;

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::io::images_out;
 use crate::models::clip::ClipVision;
-use crate::models::clip_preprocess::HwcImage;
+use crate::image::HwcImage;
 
 /// Features `[n, D]` of final samples (NHWC, model space [-1, 1]) from the extractor: 8-bit
 /// quantised first when `quantize` (as saving PNGs does), otherwise mapped to [0, 1] in float.

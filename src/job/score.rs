@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::io::members;
 use crate::keep::KeepPolicy;
 use crate::models::clip::ClipVision;
-use crate::models::clip_preprocess::HwcImage;
+use crate::image::HwcImage;
 use crate::uncertainty::Estimator;
 
 /// Scores member images produced elsewhere, in the reference code's layout

@@ -19,11 +19,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::config::{invalid, JsonConfig, Positive};
 use crate::error::{Error, Result};
-use crate::models::clip_preprocess::{ClipPreprocess, HwcImage};
+use crate::image::HwcImage;
+use crate::models::clip_preprocess::ClipPreprocess;
 use crate::models::layers;
 use crate::models::weights::Weights;
 use crate::tensor::Tensor;
@@ -63,121 +63,50 @@ impl Default for ClipVisionConfig {
     }
 }
 
-fn config_err(path: &Path, key: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        key: key.into(),
-        msg: msg.into(),
-    }
-}
-
-fn get_usize(
-    obj: &Map<String, Value>,
-    path: &Path,
-    prefix: &str,
-    key: &str,
-    default: usize,
-) -> Result<usize> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_u64() {
-            Some(x) if x > 0 => Ok(x as usize),
-            _ => Err(config_err(
-                path,
-                &format!("{prefix}{key}"),
-                format!("expected a positive integer, got {v}"),
-            )),
-        },
-    }
-}
-
 impl ClipVisionConfig {
     /// Read a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&text, path)
+        Self::from_json(&JsonConfig::open(path)?)
     }
 
     /// Parse a `config.json` text (`path` names it in errors).
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        let top = root.as_object().ok_or_else(|| Error::Json {
-            path: path.to_path_buf(),
-            msg: "top level is not an object".into(),
-        })?;
-        match top.get("model_type") {
-            None => {}
-            Some(Value::String(s)) if s == "clip_vision_model" || s == "clip" => {}
-            Some(v) => {
-                return Err(Error::Unsupported {
-                    path: path.to_path_buf(),
-                    key: "model_type".into(),
-                    value: v.to_string(),
-                })
+        Self::from_json(&JsonConfig::parse(text, path)?)
+    }
+
+    /// Parse an already-read `config.json`: the vision parameters at the top level, or under
+    /// `vision_config` (required when `model_type` is `clip`). Absent keys take the defaults of
+    /// [`Default`]; keys the vision tower does not use are ignored.
+    pub fn from_json(top: &JsonConfig) -> Result<Self> {
+        let model_type = top.present::<String>("model_type")?;
+        if let Some(t) = &model_type {
+            if t != "clip_vision_model" && t != "clip" {
+                return Err(top.unsupported("model_type", format!("\"{t}\"")));
             }
         }
-        let (vision, prefix) = match top.get("vision_config") {
-            Some(Value::Object(v)) => (v, "vision_config."),
-            Some(v) if !v.is_null() => {
-                return Err(config_err(
-                    path,
-                    "vision_config",
-                    format!("expected an object, got {v}"),
-                ))
-            }
-            _ => {
-                if top.get("model_type").and_then(Value::as_str) == Some("clip") {
-                    return Err(config_err(
-                        path,
-                        "vision_config",
-                        "missing (model_type is clip)",
-                    ));
-                }
-                (top, "")
-            }
-        };
+        let nested = top.sub("vision_config")?;
+        if nested.is_none() && model_type.as_deref() == Some("clip") {
+            return Err(top.missing("vision_config"));
+        }
+        let vision = nested.as_ref().unwrap_or(top);
         let d = ClipVisionConfig::default();
-        let u = |key: &str, default: usize| get_usize(vision, path, prefix, key, default);
+        let u = |key: &str, default: usize| -> Result<usize> {
+            Ok(vision.or(key, Positive(default))?.0)
+        };
         // A full CLIP config keeps the shared projection size at the top level.
-        let projection_dim = if prefix.is_empty() {
-            u("projection_dim", d.projection_dim)?
-        } else {
-            get_usize(
-                top,
-                path,
-                "",
-                "projection_dim",
-                u("projection_dim", d.projection_dim)?,
-            )?
+        let mut projection_dim = u("projection_dim", d.projection_dim)?;
+        if nested.is_some() {
+            projection_dim = top.or("projection_dim", Positive(projection_dim))?.0;
+        }
+        let hidden_act = match vision.opt::<String>("hidden_act")?.as_deref() {
+            None => d.hidden_act,
+            Some("quick_gelu") => Activation::QuickGelu,
+            Some("gelu") => Activation::Gelu,
+            Some(other) => return Err(vision.unsupported("hidden_act", format!("\"{other}\""))),
         };
-        let act_key = format!("{prefix}hidden_act");
-        let hidden_act = match vision.get("hidden_act") {
-            None | Some(Value::Null) => d.hidden_act,
-            Some(Value::String(s)) if s == "quick_gelu" => Activation::QuickGelu,
-            Some(Value::String(s)) if s == "gelu" => Activation::Gelu,
-            Some(v) => {
-                return Err(Error::Unsupported {
-                    path: path.to_path_buf(),
-                    key: act_key,
-                    value: v.to_string(),
-                })
-            }
-        };
-        let layer_norm_eps = match vision.get("layer_norm_eps") {
-            None | Some(Value::Null) => d.layer_norm_eps,
-            Some(v) => match v.as_f64() {
-                Some(e) if e > 0.0 => e as f32,
-                _ => {
-                    return Err(config_err(
-                        path,
-                        &format!("{prefix}layer_norm_eps"),
-                        format!("expected a positive number, got {v}"),
-                    ))
-                }
-            },
+        let layer_norm_eps = match vision.opt::<Positive<f64>>("layer_norm_eps")? {
+            None => d.layer_norm_eps,
+            Some(Positive(e)) => e as f32,
         };
         let cfg = ClipVisionConfig {
             hidden_size: u("hidden_size", d.hidden_size)?,
@@ -192,16 +121,11 @@ impl ClipVisionConfig {
             layer_norm_eps,
         };
         if cfg.num_channels != 1 && cfg.num_channels != 3 {
-            return Err(Error::Unsupported {
-                path: path.to_path_buf(),
-                key: format!("{prefix}num_channels"),
-                value: cfg.num_channels.to_string(),
-            });
+            return Err(vision.unsupported("num_channels", cfg.num_channels));
         }
         if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-            return Err(config_err(
-                path,
-                &format!("{prefix}num_attention_heads"),
+            return Err(vision.err(
+                "num_attention_heads",
                 format!(
                     "{} does not divide hidden_size {}",
                     cfg.num_attention_heads, cfg.hidden_size
@@ -209,9 +133,8 @@ impl ClipVisionConfig {
             ));
         }
         if cfg.patch_size > cfg.image_size {
-            return Err(config_err(
-                path,
-                &format!("{prefix}patch_size"),
+            return Err(vision.err(
+                "patch_size",
                 format!("{} exceeds image_size {}", cfg.patch_size, cfg.image_size),
             ));
         }
@@ -484,7 +407,7 @@ fn tile(b: &dyn Backend, x: &Tensor, n: usize) -> Result<Tensor> {
 fn check_preprocess(c: &ClipVisionConfig, p: &ClipPreprocess, path: &Path) -> Result<()> {
     let s = c.image_size;
     if p.do_center_crop && p.crop_size != (s, s) {
-        return Err(config_err(
+        return Err(invalid(
             path,
             "crop_size",
             format!(
@@ -494,7 +417,7 @@ fn check_preprocess(c: &ClipVisionConfig, p: &ClipPreprocess, path: &Path) -> Re
         ));
     }
     if c.num_channels == 1 && p.do_convert_rgb {
-        return Err(config_err(
+        return Err(invalid(
             path,
             "do_convert_rgb",
             "true, but the model takes 1 channel",
@@ -503,7 +426,7 @@ fn check_preprocess(c: &ClipVisionConfig, p: &ClipPreprocess, path: &Path) -> Re
     let c_out = if p.do_convert_rgb { 3 } else { c.num_channels };
     for (key, v) in [("image_mean", &p.image_mean), ("image_std", &p.image_std)] {
         if p.do_normalize && v.len() != 1 && v.len() != c_out {
-            return Err(config_err(
+            return Err(invalid(
                 path,
                 key,
                 format!("{} values for {c_out} channels", v.len()),

@@ -6,13 +6,10 @@
 //! crop (zero padding where the image is smaller than the crop), rescale (`x * rescale_factor`,
 //! computed in f64, stored as f32) and normalise (`(x - mean) / std` in f32).
 //!
-//! 8-bit input reproduces PIL's `Image.resize` on uint8 images exactly: separable two-pass
-//! resampling (horizontal pass first, only the rows the vertical pass reads), antialiased
-//! filters when downscaling, 22-bit fixed-point coefficients, rounding and clipping to u8 after
-//! each pass. Float input in [0, 1] is resampled without quantisation, as PIL resamples 32-bit
-//! float images (coefficients and sums in f64, passes stored as f32), then clipped to [0, 1];
-//! a float value `x` stands for the 8-bit value `255 x`, so rescaling multiplies by
-//! `255 * rescale_factor`.
+//! 8-bit input is resized exactly as PIL resizes uint8 images ([`crate::image::resize_u8`]).
+//! Float input in [0, 1] is resized without quantisation, as PIL resizes 32-bit float images
+//! ([`crate::image::resize_f32`]), then clipped to [0, 1]; a float value `x` stands for the
+//! 8-bit value `255 x`, so rescaling multiplies by `255 * rescale_factor`.
 //!
 //! Output: one image is `[h, w, c]` f32 (HWC); a batch is an `[n, h, w, c]` host tensor, the
 //! NHWC input of [`crate::models::clip::ClipVision::embed`].
@@ -22,109 +19,15 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::config::{ConfigValue, JsonConfig, Positive};
 use crate::error::{Error, Result};
+use crate::image::{center_crop, resize_f32, resize_u8, HwcImage, Resample};
 use crate::tensor::Tensor;
 
 /// CLIP's normalisation constants (openai/clip-vit-*), as transformers writes them; stored as
 /// the f32 nearest to these f64 values, as the processor does.
 pub const OPENAI_CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 pub const OPENAI_CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
-
-/// Fixed-point precision of PIL's 8-bit resampling coefficients.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL resampling filters usable by `resize` (PIL codes: LANCZOS 1, BILINEAR 2, BICUBIC 3,
-/// BOX 4, HAMMING 5). NEAREST (0) is not supported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resample {
-    Lanczos,
-    Bilinear,
-    Bicubic,
-    Box,
-    Hamming,
-}
-
-impl Resample {
-    /// The filter of a PIL resampling code.
-    pub fn from_pil_code(code: i64) -> Option<Self> {
-        match code {
-            1 => Some(Resample::Lanczos),
-            2 => Some(Resample::Bilinear),
-            3 => Some(Resample::Bicubic),
-            4 => Some(Resample::Box),
-            5 => Some(Resample::Hamming),
-            _ => None,
-        }
-    }
-
-    /// Support radius of the filter at scale 1, in input pixels.
-    fn support(self) -> f64 {
-        match self {
-            Resample::Box => 0.5,
-            Resample::Bilinear | Resample::Hamming => 1.0,
-            Resample::Bicubic => 2.0,
-            Resample::Lanczos => 3.0,
-        }
-    }
-
-    /// The filter kernel, as PIL evaluates it.
-    fn eval(self, x: f64) -> f64 {
-        fn sinc(x: f64) -> f64 {
-            if x == 0.0 {
-                1.0
-            } else {
-                let x = x * std::f64::consts::PI;
-                x.sin() / x
-            }
-        }
-        match self {
-            Resample::Box => {
-                if x > -0.5 && x <= 0.5 {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
-            Resample::Bilinear => {
-                let x = x.abs();
-                if x < 1.0 {
-                    1.0 - x
-                } else {
-                    0.0
-                }
-            }
-            Resample::Hamming => {
-                let x = x.abs();
-                if x == 0.0 {
-                    1.0
-                } else if x >= 1.0 {
-                    0.0
-                } else {
-                    let x = x * std::f64::consts::PI;
-                    x.sin() / x * (0.54 + 0.46 * x.cos())
-                }
-            }
-            Resample::Bicubic => {
-                const A: f64 = -0.5;
-                let x = x.abs();
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
-                } else {
-                    0.0
-                }
-            }
-            Resample::Lanczos => {
-                if (-3.0..3.0).contains(&x) {
-                    sinc(x) * sinc(x / 3.0)
-                } else {
-                    0.0
-                }
-            }
-        }
-    }
-}
 
 /// How `resize` picks the output size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,33 +40,6 @@ pub enum ResizeTarget {
     },
     /// Exactly `height` x `width`.
     Exact { height: usize, width: usize },
-}
-
-/// A borrowed image, row-major HWC (`data[(y * width + x) * channels + c]`).
-#[derive(Clone, Copy, Debug)]
-pub struct HwcImage<'a, T> {
-    pub height: usize,
-    pub width: usize,
-    pub channels: usize,
-    pub data: &'a [T],
-}
-
-impl<'a, T> HwcImage<'a, T> {
-    /// An image view; `data.len()` must be `height * width * channels`.
-    pub fn new(height: usize, width: usize, channels: usize, data: &'a [T]) -> Result<Self> {
-        if height == 0 || width == 0 || data.len() != height * width * channels {
-            return Err(Error::arg(format!(
-                "image of {height}x{width}x{channels} with {} values",
-                data.len()
-            )));
-        }
-        Ok(HwcImage {
-            height,
-            width,
-            channels,
-            data,
-        })
-    }
 }
 
 /// `CLIPImageProcessor` settings. [`Default`] is the processor's own defaults (openai CLIP,
@@ -206,177 +82,117 @@ impl Default for ClipPreprocess {
     }
 }
 
-fn config_err(path: &Path, key: &str, msg: impl Into<String>) -> Error {
-    Error::Config {
-        path: path.to_path_buf(),
-        key: key.into(),
-        msg: msg.into(),
+/// `image_mean` or `image_std`: one number, or a non-empty list of numbers (stored as f32).
+struct Floats(Vec<f32>);
+
+impl ConfigValue for Floats {
+    const EXPECTED: &'static str = "a number or a non-empty list of numbers";
+    fn from_json(v: &Value) -> Option<Self> {
+        match v {
+            Value::Number(n) => Some(Floats(vec![n.as_f64()? as f32])),
+            Value::Array(a) if !a.is_empty() => a
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .map(Floats),
+            _ => None,
+        }
     }
 }
 
-fn positive(v: &Value, path: &Path, key: &str) -> Result<usize> {
-    match v.as_u64() {
-        Some(x) if x > 0 => Ok(x as usize),
-        _ => Err(config_err(
-            path,
+/// The value `v` of `key` (`size` or `crop_size`) as (height, width): an integer for a square,
+/// `[height, width]`, or `{"height": .., "width": ..}`.
+fn height_width(c: &JsonConfig, key: &str, v: &Value) -> Result<(usize, usize)> {
+    let side = |v: &Value| -> Result<usize> { Ok(c.convert::<Positive<usize>>(key, v)?.0) };
+    match v {
+        Value::Number(_) => {
+            let s = side(v)?;
+            Ok((s, s))
+        }
+        Value::Array(a) if a.len() == 2 => Ok((side(&a[0])?, side(&a[1])?)),
+        Value::Object(o) => {
+            let hw = c.nested(key, o);
+            hw.deny_unknown(&["height", "width"])?;
+            Ok((
+                hw.req::<Positive<usize>>("height")?.0,
+                hw.req::<Positive<usize>>("width")?.0,
+            ))
+        }
+        _ => Err(c.wrong_type(
             key,
-            format!("expected a positive integer, got {v}"),
+            "a positive integer, a [height, width] list or a {height, width} object",
+            v,
         )),
     }
 }
 
-fn floats(v: &Value, path: &Path, key: &str) -> Result<Vec<f32>> {
-    let bad = || {
-        config_err(
-            path,
-            key,
-            format!("expected a number or a list of numbers, got {v}"),
-        )
-    };
-    match v {
-        Value::Number(n) => Ok(vec![n.as_f64().ok_or_else(bad)? as f32]),
-        Value::Array(a) if !a.is_empty() => a
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
-    }
-}
-
-/// `{"height", "width"}` (or an int for a square, or `[h, w]`) as (height, width).
-fn height_width(v: &Value, path: &Path, key: &str) -> Result<(usize, usize)> {
-    match v {
-        Value::Number(_) => {
-            let s = positive(v, path, key)?;
-            Ok((s, s))
-        }
-        Value::Array(a) if a.len() == 2 => {
-            Ok((positive(&a[0], path, key)?, positive(&a[1], path, key)?))
-        }
-        Value::Object(o) if o.len() == 2 && o.contains_key("height") && o.contains_key("width") => {
-            Ok((
-                positive(&o["height"], path, &format!("{key}.height"))?,
-                positive(&o["width"], path, &format!("{key}.width"))?,
-            ))
-        }
-        _ => Err(Error::Unsupported {
-            path: path.to_path_buf(),
-            key: key.into(),
-            value: v.to_string(),
-        }),
-    }
+/// The `{"shortest_edge": .., "longest_edge": ..}` object `o` of `size` (`longest_edge`
+/// optional).
+fn shortest_edge(c: &JsonConfig, o: &Map<String, Value>) -> Result<ResizeTarget> {
+    let size = c.nested("size", o);
+    size.deny_unknown(&["shortest_edge", "longest_edge"])?;
+    Ok(ResizeTarget::ShortestEdge {
+        shortest: size.req::<Positive<usize>>("shortest_edge")?.0,
+        longest: size
+            .present::<Positive<usize>>("longest_edge")?
+            .map(|l| l.0),
+    })
 }
 
 impl ClipPreprocess {
     /// Read a `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&text, path)
+        Self::from_json(&JsonConfig::open(path)?)
     }
 
-    /// Parse a `preprocessor_config.json` text (`path` names it in errors). Keys absent from the
-    /// file take the processor's defaults; keys that do not affect CLIP preprocessing are
-    /// ignored.
+    /// Parse a `preprocessor_config.json` text (`path` names it in errors).
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        let obj = root.as_object().ok_or_else(|| Error::Json {
-            path: path.to_path_buf(),
-            msg: "top level is not an object".into(),
-        })?;
-        Self::from_map(obj, path)
+        Self::from_json(&JsonConfig::parse(text, path)?)
     }
 
-    fn from_map(obj: &Map<String, Value>, path: &Path) -> Result<Self> {
+    /// Parse an already-read `preprocessor_config.json`. Keys absent from the file take the
+    /// processor's defaults; keys that do not affect CLIP preprocessing are ignored.
+    pub fn from_json(c: &JsonConfig) -> Result<Self> {
         let mut p = ClipPreprocess::default();
-        let flag = |key: &str, default: bool| -> Result<bool> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(v) => Err(config_err(
-                    path,
-                    key,
-                    format!("expected true or false, got {v}"),
-                )),
-            }
-        };
-        p.do_convert_rgb = flag("do_convert_rgb", p.do_convert_rgb)?;
-        p.do_resize = flag("do_resize", p.do_resize)?;
-        p.do_center_crop = flag("do_center_crop", p.do_center_crop)?;
-        p.do_rescale = flag("do_rescale", p.do_rescale)?;
-        p.do_normalize = flag("do_normalize", p.do_normalize)?;
-        let default_to_square = flag("default_to_square", false)?;
-        if flag("do_pad", false)? {
-            return Err(Error::Unsupported {
-                path: path.to_path_buf(),
-                key: "do_pad".into(),
-                value: "true".into(),
-            });
+        p.do_convert_rgb = c.or("do_convert_rgb", p.do_convert_rgb)?;
+        p.do_resize = c.or("do_resize", p.do_resize)?;
+        p.do_center_crop = c.or("do_center_crop", p.do_center_crop)?;
+        p.do_rescale = c.or("do_rescale", p.do_rescale)?;
+        p.do_normalize = c.or("do_normalize", p.do_normalize)?;
+        let default_to_square = c.or("default_to_square", false)?;
+        if c.or("do_pad", false)? {
+            return Err(c.unsupported("do_pad", true));
         }
 
-        if let Some(v) = obj.get("size").filter(|v| !v.is_null()) {
+        if let Some(v) = c.get("size") {
             p.size = match v {
                 Value::Number(_) if !default_to_square => ResizeTarget::ShortestEdge {
-                    shortest: positive(v, path, "size")?,
+                    shortest: c.convert::<Positive<usize>>("size", v)?.0,
                     longest: None,
                 },
-                Value::Object(o) if o.contains_key("shortest_edge") => {
-                    let shortest = positive(&o["shortest_edge"], path, "size.shortest_edge")?;
-                    let longest = match o.get("longest_edge") {
-                        Some(l) => Some(positive(l, path, "size.longest_edge")?),
-                        None => None,
-                    };
-                    if o.len() != 1 + longest.is_some() as usize {
-                        return Err(Error::Unsupported {
-                            path: path.to_path_buf(),
-                            key: "size".into(),
-                            value: v.to_string(),
-                        });
-                    }
-                    ResizeTarget::ShortestEdge { shortest, longest }
-                }
+                Value::Object(o) if o.contains_key("shortest_edge") => shortest_edge(c, o)?,
                 _ => {
-                    let (height, width) = height_width(v, path, "size")?;
+                    let (height, width) = height_width(c, "size", v)?;
                     ResizeTarget::Exact { height, width }
                 }
             };
         }
-        if let Some(v) = obj.get("crop_size").filter(|v| !v.is_null()) {
-            p.crop_size = height_width(v, path, "crop_size")?;
+        if let Some(v) = c.get("crop_size") {
+            p.crop_size = height_width(c, "crop_size", v)?;
         }
-        if let Some(v) = obj.get("resample").filter(|v| !v.is_null()) {
-            p.resample = v
-                .as_i64()
-                .and_then(Resample::from_pil_code)
-                .ok_or_else(|| Error::Unsupported {
-                    path: path.to_path_buf(),
-                    key: "resample".into(),
-                    value: v.to_string(),
-                })?;
+        if let Some(code) = c.opt::<i64>("resample")? {
+            p.resample =
+                Resample::from_pil_code(code).ok_or_else(|| c.unsupported("resample", code))?;
         }
-        if let Some(v) = obj.get("rescale_factor").filter(|v| !v.is_null()) {
-            p.rescale_factor = v.as_f64().ok_or_else(|| {
-                config_err(
-                    path,
-                    "rescale_factor",
-                    format!("expected a number, got {v}"),
-                )
-            })?;
+        p.rescale_factor = c.or("rescale_factor", p.rescale_factor)?;
+        if let Some(Floats(mean)) = c.opt("image_mean")? {
+            p.image_mean = mean;
         }
-        if let Some(v) = obj.get("image_mean").filter(|v| !v.is_null()) {
-            p.image_mean = floats(v, path, "image_mean")?;
-        }
-        if let Some(v) = obj.get("image_std").filter(|v| !v.is_null()) {
-            p.image_std = floats(v, path, "image_std")?;
-            if p.image_std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-                return Err(config_err(
-                    path,
-                    "image_std",
-                    "values must be finite and non-zero",
-                ));
+        if let Some(Floats(std)) = c.opt("image_std")? {
+            if std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+                return Err(c.err("image_std", "values must be finite and non-zero"));
             }
+            p.image_std = std;
         }
         Ok(p)
     }
@@ -483,8 +299,13 @@ impl ClipPreprocess {
                 img.height, img.width
             )));
         }
-        let resized = resample_u8(&data, img.height, img.width, c, rh, rw, self.resample);
-        let (cropped, oh, ow) = self.crop(&resized, rh, rw, c);
+        let resized = resize_u8(
+            &HwcImage::new(img.height, img.width, c, &data)?,
+            rh,
+            rw,
+            self.resample,
+        );
+        let (cropped, oh, ow) = self.crop(&resized, rh, rw, c)?;
         let scale = if self.do_rescale {
             Some(self.rescale_factor)
         } else {
@@ -511,11 +332,16 @@ impl ClipPreprocess {
                 img.height, img.width
             )));
         }
-        let mut resized = resample_f32(&data, img.height, img.width, c, rh, rw, self.resample);
+        let mut resized = resize_f32(
+            &HwcImage::new(img.height, img.width, c, &data)?,
+            rh,
+            rw,
+            self.resample,
+        );
         for v in resized.iter_mut() {
             *v = v.clamp(0.0, 1.0);
         }
-        let (cropped, oh, ow) = self.crop(&resized, rh, rw, c);
+        let (cropped, oh, ow) = self.crop(&resized, rh, rw, c)?;
         let scale = Some(if self.do_rescale {
             255.0 * self.rescale_factor
         } else {
@@ -583,46 +409,20 @@ impl ClipPreprocess {
         }
     }
 
-    /// transformers' `center_crop`: offsets `(size - crop) // 2`; an image smaller than the crop
-    /// is first padded with zeros (`ceil` of half the difference on top/left).
+    /// The resized `h x w x c` image `x` center-cropped to `crop_size` when `do_center_crop`
+    /// (see [`center_crop`]), else `x`; with its height and width.
     fn crop<T: Copy + Default>(
         &self,
         x: &[T],
         h: usize,
         w: usize,
         c: usize,
-    ) -> (Vec<T>, usize, usize) {
+    ) -> Result<(Vec<T>, usize, usize)> {
         if !self.do_center_crop {
-            return (x.to_vec(), h, w);
+            return Ok((x.to_vec(), h, w));
         }
         let (ch, cw) = self.crop_size;
-        let (ph, pw) = (ch.max(h), cw.max(w));
-        let (top_pad, left_pad) = ((ph - h).div_ceil(2), (pw - w).div_ceil(2));
-        // Crop window in the padded image.
-        let top = (h as isize - ch as isize).div_euclid(2) + top_pad as isize;
-        let left = (w as isize - cw as isize).div_euclid(2) + left_pad as isize;
-        let (y0, x0) = (top.max(0) as usize, left.max(0) as usize);
-        let (y1, x1) = (
-            ((top + ch as isize) as usize).min(ph),
-            ((left + cw as isize) as usize).min(pw),
-        );
-        let (oh, ow) = (y1 - y0, x1 - x0);
-        let mut out = vec![T::default(); oh * ow * c];
-        for oy in 0..oh {
-            let py = oy + y0;
-            if py < top_pad || py >= top_pad + h {
-                continue;
-            }
-            for ox in 0..ow {
-                let px = ox + x0;
-                if px < left_pad || px >= left_pad + w {
-                    continue;
-                }
-                let s = ((py - top_pad) * w + (px - left_pad)) * c;
-                out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c].copy_from_slice(&x[s..s + c]);
-            }
-        }
-        (out, oh, ow)
+        Ok(center_crop(&HwcImage::new(h, w, c, x)?, ch, cw))
     }
 
     /// Rescale (`(x * scale) as f32`, f64 product) and normalise (`(x - mean) / std` in f32).
@@ -691,213 +491,6 @@ impl ClipPreprocess {
     }
 }
 
-/// PIL's resampling coefficients of one axis: per output pixel, the first input index, the
-/// number of taps, and `ksize` normalised weights.
-struct Coeffs {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    weights: Vec<f64>,
-}
-
-/// PIL `precompute_coeffs` for the box `[0, in_size)` resampled to `out_size` pixels.
-fn precompute_coeffs(in_size: usize, out_size: usize, filter: Resample) -> Coeffs {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filter.support() * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0.0f64; out_size * ksize];
-    let ss = 1.0 / filterscale;
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        // C casts truncate toward zero.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize - xmin;
-        let k = &mut weights[xx * ksize..xx * ksize + xmax];
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate() {
-            let w = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
-        }
-        if ww != 0.0 {
-            for kx in k.iter_mut() {
-                *kx /= ww;
-            }
-        }
-        bounds.push((xmin, xmax));
-    }
-    Coeffs {
-        ksize,
-        bounds,
-        weights,
-    }
-}
-
-/// PIL `normalize_coeffs_8bpc`: weights in 22-bit fixed point, rounded half away from zero.
-fn fixed_point(w: &[f64]) -> Vec<i64> {
-    let one = (1i64 << PRECISION_BITS) as f64;
-    w.iter()
-        .map(|&v| {
-            if v < 0.0 {
-                (-0.5 + v * one) as i32 as i64
-            } else {
-                (0.5 + v * one) as i32 as i64
-            }
-        })
-        .collect()
-}
-
-#[inline]
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// The passes PIL's `ImagingResampleInner` runs, and the input rows the vertical pass reads.
-struct Plan {
-    horiz: Coeffs,
-    vert: Coeffs,
-    need_h: bool,
-    need_v: bool,
-    rows: (usize, usize),
-}
-
-fn plan(h: usize, w: usize, oh: usize, ow: usize, filter: Resample) -> Plan {
-    let horiz = precompute_coeffs(w, ow, filter);
-    let vert = precompute_coeffs(h, oh, filter);
-    let first = vert.bounds[0].0;
-    let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
-    Plan {
-        horiz,
-        vert,
-        need_h: ow != w,
-        need_v: oh != h,
-        rows: (first, last),
-    }
-}
-
-/// PIL `Image.resize(..)` of an 8-bit HWC image with `filter` (bit-exact).
-fn resample_u8(
-    x: &[u8],
-    h: usize,
-    w: usize,
-    c: usize,
-    oh: usize,
-    ow: usize,
-    filter: Resample,
-) -> Vec<u8> {
-    let p = plan(h, w, oh, ow, filter);
-    let half = 1i64 << (PRECISION_BITS - 1);
-    let (mut src, mut sw, mut row0): (&[u8], usize, usize) = (x, w, 0);
-    let tmp;
-    if p.need_h {
-        let (first, last) = p.rows;
-        let kk = fixed_point(&p.horiz.weights);
-        let mut out = vec![0u8; (last - first) * ow * c];
-        out.par_chunks_mut(ow * c)
-            .enumerate()
-            .for_each(|(r, orow)| {
-                let irow = &x[(r + first) * w * c..(r + first + 1) * w * c];
-                for (xx, &(xmin, xmax)) in p.horiz.bounds.iter().enumerate() {
-                    let k = &kk[xx * p.horiz.ksize..xx * p.horiz.ksize + xmax];
-                    for ch in 0..c {
-                        let mut ss = half;
-                        for (t, &kv) in k.iter().enumerate() {
-                            ss += irow[(xmin + t) * c + ch] as i64 * kv;
-                        }
-                        orow[xx * c + ch] = clip8(ss);
-                    }
-                }
-            });
-        tmp = out;
-        src = &tmp;
-        sw = ow;
-        row0 = first;
-    }
-    if !p.need_v {
-        return src.to_vec();
-    }
-    let kk = fixed_point(&p.vert.weights);
-    let mut out = vec![0u8; oh * sw * c];
-    out.par_chunks_mut(sw * c)
-        .enumerate()
-        .for_each(|(yy, orow)| {
-            let (ymin, ymax) = p.vert.bounds[yy];
-            let k = &kk[yy * p.vert.ksize..yy * p.vert.ksize + ymax];
-            for (i, o) in orow.iter_mut().enumerate() {
-                let mut ss = half;
-                for (t, &kv) in k.iter().enumerate() {
-                    ss += src[(ymin + t - row0) * sw * c + i] as i64 * kv;
-                }
-                *o = clip8(ss);
-            }
-        });
-    out
-}
-
-/// PIL `Image.resize(..)` of a 32-bit float image (mode "F") per channel: f64 weights and sums,
-/// each pass stored as f32, no clipping.
-fn resample_f32(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    oh: usize,
-    ow: usize,
-    filter: Resample,
-) -> Vec<f32> {
-    let p = plan(h, w, oh, ow, filter);
-    let (mut src, mut sw, mut row0): (&[f32], usize, usize) = (x, w, 0);
-    let tmp;
-    if p.need_h {
-        let (first, last) = p.rows;
-        let mut out = vec![0f32; (last - first) * ow * c];
-        out.par_chunks_mut(ow * c)
-            .enumerate()
-            .for_each(|(r, orow)| {
-                let irow = &x[(r + first) * w * c..(r + first + 1) * w * c];
-                for (xx, &(xmin, xmax)) in p.horiz.bounds.iter().enumerate() {
-                    let k = &p.horiz.weights[xx * p.horiz.ksize..xx * p.horiz.ksize + xmax];
-                    for ch in 0..c {
-                        let mut ss = 0.0f64;
-                        for (t, &kv) in k.iter().enumerate() {
-                            ss += irow[(xmin + t) * c + ch] as f64 * kv;
-                        }
-                        orow[xx * c + ch] = ss as f32;
-                    }
-                }
-            });
-        tmp = out;
-        src = &tmp;
-        sw = ow;
-        row0 = first;
-    }
-    if !p.need_v {
-        return src.to_vec();
-    }
-    let mut out = vec![0f32; oh * sw * c];
-    out.par_chunks_mut(sw * c)
-        .enumerate()
-        .for_each(|(yy, orow)| {
-            let (ymin, ymax) = p.vert.bounds[yy];
-            let k = &p.vert.weights[yy * p.vert.ksize..yy * p.vert.ksize + ymax];
-            for (i, o) in orow.iter_mut().enumerate() {
-                let mut ss = 0.0f64;
-                for (t, &kv) in k.iter().enumerate() {
-                    ss += src[(ymin + t - row0) * sw * c + i] as f64 * kv;
-                }
-                *o = ss as f32;
-            }
-        });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -909,30 +502,5 @@ mod tests {
         assert_eq!(p.resized_hw(107, 160), (224, 334));
         assert_eq!(p.resized_hw(160, 107), (334, 224));
         assert_eq!(p.resized_hw(224, 224), (224, 224));
-    }
-
-    #[test]
-    fn same_size_resize_is_identity() {
-        let x: Vec<u8> = (0..5 * 7 * 3).map(|i| (i * 37 % 256) as u8).collect();
-        assert_eq!(resample_u8(&x, 5, 7, 3, 5, 7, Resample::Bicubic), x);
-    }
-
-    #[test]
-    fn coefficients_sum_to_one() {
-        for f in [
-            Resample::Bicubic,
-            Resample::Bilinear,
-            Resample::Lanczos,
-            Resample::Box,
-            Resample::Hamming,
-        ] {
-            for (i, o) in [(160, 40), (40, 160), (7, 3), (3, 7)] {
-                let c = precompute_coeffs(i, o, f);
-                for xx in 0..o {
-                    let s: f64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize].iter().sum();
-                    assert!((s - 1.0).abs() < 1e-12, "{f:?} {i}->{o}: {s}");
-                }
-            }
-        }
     }
 }

@@ -8,10 +8,11 @@
 //! elements with vector instructions whose rounding depends on the CPU, so betas agree with
 //! PyTorch to within one f32 ulp rather than bit for bit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::config::{show, JsonConfig};
 use crate::error::{Error, Result};
 
 /// How the betas of the forward process are laid out over the training timesteps.
@@ -188,105 +189,76 @@ impl SchedulerConfig {
     /// `DDIMScheduler.from_config` does; unknown keys are ignored. Features this engine does not
     /// implement (`thresholding: true`, non-null `trained_betas`, `rescale_betas_zero_snr: true`,
     /// other schedule/prediction/spacing/variance names) give [`Error::Unsupported`]; a value of
-    /// the wrong JSON type or out of range gives [`Error::Config`]. `path` is only used in errors.
+    /// the wrong JSON type (`null` included) or out of range gives [`Error::Config`]. `path` is
+    /// only used in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        let object = value.as_object().ok_or_else(|| Error::Json {
-            path: path.to_path_buf(),
-            msg: "expected a JSON object at the top level".into(),
-        })?;
-        let mut config = SchedulerConfig::default();
-        for (key, value) in object {
-            config.apply(key, value, path)?;
-        }
-        config.validate(path)?;
-        Ok(config)
+        Self::from_json(&JsonConfig::parse(text, path)?)
     }
 
     /// Reads and parses a diffusers `scheduler_config.json` (see [`Self::from_json_str`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json_str(&text, path)
+        Self::from_json(&JsonConfig::open(path)?)
+    }
+
+    /// Parses an already-read `scheduler_config.json` (see [`Self::from_json_str`]).
+    pub fn from_json(c: &JsonConfig) -> Result<Self> {
+        let mut config = SchedulerConfig::default();
+        config.apply(c)?;
+        config.validate(c)?;
+        Ok(config)
     }
 
     /// Sets one field by its diffusers key from a command-line override `key=value`. `value` is
     /// read as JSON (`1000`, `0.02`, `true`, `"linear"`), or else as a bare string (`linear`).
     /// Unlike in a config file, an unknown key is an error. Errors name [`OVERRIDE_PATH`].
     pub fn set_override(&mut self, key: &str, value: &str) -> Result<()> {
-        let path = Path::new(OVERRIDE_PATH);
         let parsed: Value =
             serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let entry = Map::from_iter([(key.to_string(), parsed)]);
+        let c = JsonConfig::from_map(entry, Path::new(OVERRIDE_PATH));
+        c.deny_unknown(KNOWN_KEYS)?;
         let mut updated = self.clone();
-        if !updated.apply(key, &parsed, path)? {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                key: key.to_string(),
-                msg: format!(
-                    "unknown scheduler key; known keys: {}",
-                    KNOWN_KEYS.join(", ")
-                ),
-            });
-        }
-        updated.validate(path)?;
+        updated.apply(&c)?;
+        updated.validate(&c)?;
         *self = updated;
         Ok(())
     }
 
-    /// Applies one config entry; returns whether the key is one this engine reads.
-    fn apply(&mut self, key: &str, value: &Value, path: &Path) -> Result<bool> {
-        match key {
-            "num_train_timesteps" => self.num_train_timesteps = get_usize(key, value, path)?,
-            "beta_start" => self.beta_start = get_f64(key, value, path)?,
-            "beta_end" => self.beta_end = get_f64(key, value, path)?,
-            "clip_sample_range" => self.clip_sample_range = get_f64(key, value, path)?,
-            "clip_sample" => self.clip_sample = get_bool(key, value, path)?,
-            "set_alpha_to_one" => self.set_alpha_to_one = get_bool(key, value, path)?,
-            "steps_offset" => self.steps_offset = get_usize(key, value, path)?,
-            "beta_schedule" => {
-                let s = get_str(key, value, path)?;
-                self.beta_schedule =
-                    BetaSchedule::parse(s).ok_or_else(|| unsupported(key, value, path))?;
-            }
-            "prediction_type" => {
-                let s = get_str(key, value, path)?;
-                self.prediction_type =
-                    PredictionType::parse(s).ok_or_else(|| unsupported(key, value, path))?;
-            }
-            "timestep_spacing" => {
-                let s = get_str(key, value, path)?;
-                self.timestep_spacing =
-                    TimestepSpacing::parse(s).ok_or_else(|| unsupported(key, value, path))?;
-            }
-            "variance_type" => {
-                let s = get_str(key, value, path)?;
-                self.variance_type =
-                    VarianceType::parse(s).ok_or_else(|| unsupported(key, value, path))?;
-            }
-            "trained_betas" => {
-                if !value.is_null() {
-                    return Err(unsupported(key, value, path));
+    /// Applies the entries of `c` this engine reads, in key order; other keys are ignored.
+    fn apply(&mut self, c: &JsonConfig) -> Result<()> {
+        for (key, value) in c.entries() {
+            match key {
+                "num_train_timesteps" => self.num_train_timesteps = c.convert(key, value)?,
+                "beta_start" => self.beta_start = c.convert(key, value)?,
+                "beta_end" => self.beta_end = c.convert(key, value)?,
+                "clip_sample_range" => self.clip_sample_range = c.convert(key, value)?,
+                "clip_sample" => self.clip_sample = c.convert(key, value)?,
+                "set_alpha_to_one" => self.set_alpha_to_one = c.convert(key, value)?,
+                "steps_offset" => self.steps_offset = c.convert(key, value)?,
+                "beta_schedule" => self.beta_schedule = named(c, key, value, BetaSchedule::parse)?,
+                "prediction_type" => {
+                    self.prediction_type = named(c, key, value, PredictionType::parse)?
                 }
-            }
-            "thresholding" | "rescale_betas_zero_snr" => {
-                if get_bool(key, value, path)? {
-                    return Err(unsupported(key, value, path));
+                "timestep_spacing" => {
+                    self.timestep_spacing = named(c, key, value, TimestepSpacing::parse)?
                 }
+                "variance_type" => self.variance_type = named(c, key, value, VarianceType::parse)?,
+                "trained_betas" if !value.is_null() => {
+                    return Err(c.unsupported(key, show(value)));
+                }
+                "thresholding" | "rescale_betas_zero_snr" if c.convert(key, value)? => {
+                    return Err(c.unsupported(key, show(value)));
+                }
+                // A null `trained_betas` and disabled features need nothing.
+                _ => {}
             }
-            _ => return Ok(false),
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Checks ranges that the JSON types do not.
-    fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, msg: String| Error::Config {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            msg,
-        };
+    fn validate(&self, c: &JsonConfig) -> Result<()> {
+        let bad = |key: &str, msg: String| c.err(key, msg);
         if self.num_train_timesteps == 0 {
             return Err(bad("num_train_timesteps", "must be at least 1".into()));
         }
@@ -392,55 +364,16 @@ impl SchedulerConfig {
     }
 }
 
-fn get_f64(key: &str, value: &Value, path: &Path) -> Result<f64> {
-    value
-        .as_f64()
-        .ok_or_else(|| wrong_type(key, value, "a number", path))
-}
-
-fn get_usize(key: &str, value: &Value, path: &Path) -> Result<usize> {
-    value
-        .as_u64()
-        .and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| wrong_type(key, value, "a non-negative integer", path))
-}
-
-fn get_bool(key: &str, value: &Value, path: &Path) -> Result<bool> {
-    value
-        .as_bool()
-        .ok_or_else(|| wrong_type(key, value, "a boolean", path))
-}
-
-fn get_str<'a>(key: &str, value: &'a Value, path: &Path) -> Result<&'a str> {
-    value
-        .as_str()
-        .ok_or_else(|| wrong_type(key, value, "a string", path))
-}
-
-fn wrong_type(key: &str, value: &Value, expected: &str, path: &Path) -> Error {
-    Error::Config {
-        path: PathBuf::from(path),
-        key: key.to_string(),
-        msg: format!("expected {expected}, got {}", short_json(value)),
-    }
-}
-
-fn unsupported(key: &str, value: &Value, path: &Path) -> Error {
-    Error::Unsupported {
-        path: PathBuf::from(path),
-        key: key.to_string(),
-        value: short_json(value),
-    }
-}
-
-/// A JSON value rendered for an error message, cut to a readable length.
-fn short_json(value: &Value) -> String {
-    let s = value.to_string();
-    if s.chars().count() > 60 {
-        format!("{}...", s.chars().take(57).collect::<String>())
-    } else {
-        s
-    }
+/// The string value `value` of `key` as the variant `parse` names; an unknown name is
+/// [`Error::Unsupported`].
+fn named<T>(
+    c: &JsonConfig,
+    key: &str,
+    value: &Value,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T> {
+    let name: String = c.convert(key, value)?;
+    parse(&name).ok_or_else(|| c.unsupported(key, show(value)))
 }
 
 /// `torch.linspace(start, end, n, dtype=float32)` on the CPU (scalar path): the step is computed

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use crate::config::JsonConfig;
 use crate::error::{Error, Result};
-use crate::models::config::JsonConfig;
 
 /// Down block kinds of `UNet2DModel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,24 +51,24 @@ impl UNetConfig {
 
     /// Parse from an already-read JSON object.
     pub fn from_json(c: &JsonConfig) -> Result<Self> {
-        if let Some(cls) = c.str_opt("_class_name")? {
+        if let Some(cls) = c.opt::<String>("_class_name")? {
             if cls != "UNet2DModel" {
                 return Err(c.unsupported("_class_name", cls));
             }
         }
-        let sample_size = match c.value.get("sample_size") {
+        let sample_size = match c.get("sample_size") {
             Some(v) if v.is_array() => {
-                let s = c.usize_list("sample_size")?;
+                let s: Vec<usize> = c.convert("sample_size", v)?;
                 if s.len() != 2 || s[0] != s[1] {
                     return Err(c.unsupported("sample_size", v));
                 }
                 s[0]
             }
-            _ => c.usize_req("sample_size")?,
+            _ => c.req("sample_size")?,
         };
-        let block_out_channels = c.usize_list("block_out_channels")?;
-        let down_names = c.str_list("down_block_types")?;
-        let up_names = c.str_list("up_block_types")?;
+        let block_out_channels: Vec<usize> = c.req("block_out_channels")?;
+        let down_names: Vec<String> = c.req("down_block_types")?;
+        let up_names: Vec<String> = c.req("up_block_types")?;
         if block_out_channels.is_empty() {
             return Err(c.err("block_out_channels", "must not be empty"));
         }
@@ -111,7 +111,7 @@ impl UNetConfig {
 
         // Values the engine implements only in their default form.
         let must_eq = |key: &str, default: &str, allowed: &[&str]| -> Result<()> {
-            let v = c.str_or(key, default)?;
+            let v = c.or(key, default.to_string())?;
             if allowed.contains(&v.as_str()) {
                 Ok(())
             } else {
@@ -124,18 +124,18 @@ impl UNetConfig {
         must_eq("downsample_type", "conv", &["conv"])?;
         must_eq("upsample_type", "conv", &["conv"])?;
         must_eq("mid_block_type", "UNetMidBlock2D", &["UNetMidBlock2D"])?;
-        if let Some(v) = c.str_opt("class_embed_type")? {
+        if let Some(v) = c.opt::<String>("class_embed_type")? {
             return Err(c.unsupported("class_embed_type", format!("\"{v}\"")));
         }
-        let msf = c.f64_or("mid_block_scale_factor", 1.0)?;
+        let msf = c.or("mid_block_scale_factor", 1.0)?;
         if msf != 1.0 {
             return Err(c.unsupported("mid_block_scale_factor", msf));
         }
-        if c.value.get("mid_block_type").is_some_and(|v| v.is_null()) {
+        if c.is_null("mid_block_type") {
             return Err(c.unsupported("mid_block_type", "null"));
         }
 
-        let norm_num_groups = c.usize_or("norm_num_groups", 32)?;
+        let norm_num_groups = c.or("norm_num_groups", 32)?;
         if norm_num_groups == 0 {
             return Err(c.unsupported("norm_num_groups", 0));
         }
@@ -149,7 +149,7 @@ impl UNetConfig {
                 ));
             }
         }
-        let attention_head_dim = c.usize_opt("attention_head_dim")?;
+        let attention_head_dim = c.opt("attention_head_dim")?;
         if let Some(d) = attention_head_dim {
             if d == 0 {
                 return Err(c.unsupported("attention_head_dim", 0));
@@ -166,24 +166,22 @@ impl UNetConfig {
                 }
             }
         }
-        let downsample_padding = c.usize_or("downsample_padding", 1)?;
+        let downsample_padding = c.or("downsample_padding", 1)?;
         if downsample_padding > 1 {
             return Err(c.unsupported("downsample_padding", downsample_padding));
         }
-        let layers_per_block = c.usize_or("layers_per_block", 2)?;
+        let layers_per_block = c.or("layers_per_block", 2)?;
         if layers_per_block == 0 {
             return Err(c.unsupported("layers_per_block", 0));
         }
-        let freq_shift = c.f64_or("freq_shift", 0.0)?;
-        let time_embed_dim = c
-            .usize_opt("time_embedding_dim")?
-            .unwrap_or(block_out_channels[0] * 4);
+        let freq_shift = c.or("freq_shift", 0.0)?;
+        let time_embed_dim = c.or("time_embedding_dim", block_out_channels[0] * 4)?;
         let cfg = UNetConfig {
             sample_size,
-            in_channels: c.usize_or("in_channels", 3)?,
-            out_channels: c.usize_or("out_channels", 3)?,
-            center_input_sample: c.bool_or("center_input_sample", false)?,
-            flip_sin_to_cos: c.bool_or("flip_sin_to_cos", true)?,
+            in_channels: c.or("in_channels", 3)?,
+            out_channels: c.or("out_channels", 3)?,
+            center_input_sample: c.or("center_input_sample", false)?,
+            flip_sin_to_cos: c.or("flip_sin_to_cos", true)?,
             freq_shift,
             down_blocks,
             up_blocks,
@@ -192,11 +190,11 @@ impl UNetConfig {
             downsample_padding,
             attention_head_dim,
             norm_num_groups,
-            attn_norm_num_groups: c.usize_opt("attn_norm_num_groups")?,
-            norm_eps: c.f64_or("norm_eps", 1e-5)?,
-            num_class_embeds: c.usize_opt("num_class_embeds")?,
+            attn_norm_num_groups: c.opt("attn_norm_num_groups")?,
+            norm_eps: c.or("norm_eps", 1e-5)?,
+            num_class_embeds: c.opt("num_class_embeds")?,
             time_embed_dim,
-            add_attention: c.bool_or("add_attention", true)?,
+            add_attention: c.or("add_attention", true)?,
         };
         if cfg.block_out_channels[0] / 2 == 0 {
             return Err(c.unsupported(
