@@ -47,6 +47,52 @@ enum Command {
     Score(ScoreArgs),
     /// Print a model's parsed architecture, parameter count and scheduler.
     Info(InfoArgs),
+    /// Fréchet distance, precision, recall, density and coverage of a generated set against a
+    /// reference set (features, or image folders through an extractor); with --run, a finished
+    /// run's kept, first-N and least-certain sets side by side.
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Reference images (a folder, searched recursively), encoded with --extractor.
+    #[arg(long, conflicts_with = "real_features")]
+    real: Option<PathBuf>,
+    /// Reference features: float32 .npy [N, D].
+    #[arg(long)]
+    real_features: Option<PathBuf>,
+    /// Cache of the reference folder's features (FILE.npy + FILE.json): reused while the
+    /// extractor and the folder's files are the same, so a large folder is encoded once.
+    #[arg(long, requires = "real")]
+    real_cache: Option<PathBuf>,
+    /// Generated images (a folder), encoded with --extractor.
+    #[arg(long, conflicts_with_all = ["fake_features", "run"])]
+    fake: Option<PathBuf>,
+    /// Generated features: float32 .npy [N, D].
+    #[arg(long, conflicts_with = "run")]
+    fake_features: Option<PathBuf>,
+    /// A finished `uqengine sample` run: evaluate its kept set, its first N samples and its N
+    /// least certain (N = its keep count or --keep).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// With --run: the set size N (default: the run's keep.txt count).
+    #[arg(long, requires = "run")]
+    keep: Option<usize>,
+    /// With --run: how the kept and least-certain sets are chosen (default: the run's policy).
+    #[arg(long, value_name = "global|per-class", requires = "run")]
+    keep_policy: Option<String>,
+    /// Feature extractor (a CLIPVisionModelWithProjection directory) for image folders
+    /// (default with --run: the run's extractor).
+    #[arg(long)]
+    extractor: Option<PathBuf>,
+    /// Nearest neighbours of precision, recall, density and coverage.
+    #[arg(long, default_value_t = 3)]
+    k: usize,
+    /// Where to write the metrics.
+    #[arg(long, default_value = "metrics.json")]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -506,6 +552,114 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    use uqengine::eval::{
+        evaluate, load_features, run_extractor, run_sets, FeatureCache, FeatureSet,
+    };
+    use uqengine::models::clip::ClipVision;
+
+    let policy = a
+        .keep_policy
+        .as_deref()
+        .map(KeepPolicy::parse)
+        .transpose()?;
+    let sets = a
+        .run
+        .as_ref()
+        .map(|run| run_sets(run, a.keep, policy))
+        .transpose()?;
+    // One extractor for every image folder of the evaluation (the run's own by default).
+    let clip: Option<ClipVision> = if a.real.is_some() || a.fake.is_some() || a.run.is_some() {
+        let dir = match (&a.extractor, a.run.as_ref().and_then(|r| run_extractor(r))) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => p,
+            (None, None) => bail!("--extractor DIR is required to encode image folders"),
+        };
+        Some(ClipVision::load(backend(&a.device)?, &dir)?)
+    } else {
+        None
+    };
+    let clip_ref = || {
+        clip.as_ref()
+            .expect("an extractor is loaded whenever a folder is encoded")
+    };
+    let real: FeatureSet = match (&a.real, &a.real_features) {
+        (_, Some(p)) => load_features(p)?,
+        (Some(dir), None) => {
+            let c = clip_ref();
+            match &a.real_cache {
+                Some(cache) => {
+                    let (set, hit) = FeatureCache {
+                        path: cache.clone(),
+                    }
+                    .features_of_folder(c, dir)?;
+                    eprintln!(
+                        "reference features: {} ({})",
+                        cache.display(),
+                        if hit { "cached" } else { "encoded and cached" }
+                    );
+                    set
+                }
+                None => {
+                    uqengine::eval::encode_images(c, &uqengine::io::images_in::list_images(dir)?)?
+                }
+            }
+        }
+        (None, None) => bail!("give the reference set: --real DIR or --real-features FILE"),
+    };
+    let text = if let (Some(run), Some(sets)) = (&a.run, &sets) {
+        let all = uqengine::eval::encode_images(clip_ref(), &sets.images)?;
+        let mut doc = serde_json::json!({
+            "run": run.display().to_string(),
+            "keep": sets.keep,
+            "keep_policy": sets.policy.as_str(),
+        });
+        println!(
+            "{} samples of {}; sets of {} ({} keep), k = {}:",
+            sets.indices.len(),
+            run.display(),
+            sets.keep,
+            sets.policy.as_str(),
+            a.k
+        );
+        println!("| set | FD | precision | recall | density | coverage |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (key, label, set) in [
+            ("kept", "most certain (kept)", &sets.kept),
+            ("first", "first N", &sets.first),
+            ("least_certain", "least certain", &sets.least_certain),
+        ] {
+            let m = evaluate(&real, &all.select(&sets.positions(set)), a.k)?;
+            println!(
+                "| {label} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                m.fd, m.precision, m.recall, m.density, m.coverage
+            );
+            doc[key] = serde_json::to_value(&m)?;
+        }
+        serde_json::to_string_pretty(&doc)?
+    } else {
+        let fake = match (&a.fake, &a.fake_features) {
+            (_, Some(p)) => load_features(p)?,
+            (Some(dir), None) => uqengine::eval::encode_images(
+                clip_ref(),
+                &uqengine::io::images_in::list_images(dir)?,
+            )?,
+            (None, None) => {
+                bail!("give the generated set: --fake DIR, --fake-features FILE or --run RUN")
+            }
+        };
+        let m = evaluate(&real, &fake, a.k)?;
+        println!(
+            "fd {:.6}  precision {:.6}  recall {:.6}  density {:.6}  coverage {:.6}  (k = {}, {} reference, {} generated, D = {})",
+            m.fd, m.precision, m.recall, m.density, m.coverage, m.k, m.n_real, m.n_fake, m.dim
+        );
+        serde_json::to_string_pretty(&m)?
+    };
+    uqengine::io::fs::write_atomic(&a.out, format!("{text}\n").as_bytes())?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
@@ -513,6 +667,7 @@ fn main() -> ExitCode {
         Command::Fit(a) => cmd_fit(a),
         Command::Score(a) => cmd_score(a),
         Command::Info(a) => cmd_info(a),
+        Command::Eval(a) => cmd_eval(a),
     };
     if let Some(p) = PROFILE.get() {
         eprint!("{}", p.report());

@@ -20,9 +20,7 @@ fn missing(path: &str, key: &str) -> String {
 
 /// The common text of a value of the wrong type.
 fn wrong_type(path: &str, key: &str, expected: &str, found: &str) -> String {
-    format!(
-        "{path}: config key `{key}`: expected {expected}, found {found}"
-    )
+    format!("{path}: config key `{key}`: expected {expected}, found {found}")
 }
 
 /// The common text of an unknown key.

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use super::FeatureSet;
 use crate::error::{Error, Result};
+use crate::image::HwcImage;
 use crate::io::fs::write_atomic;
 use crate::io::images_in::list_images;
 use crate::io::members::load_png_u8;
 use crate::io::npy;
 use crate::models::clip::ClipVision;
-use crate::image::HwcImage;
 
 /// Images sent through the extractor at once.
 const IMAGES_PER_BATCH: usize = 64;
@@ -51,9 +51,9 @@ pub fn encode_images(clip: &ClipVision, paths: &[PathBuf]) -> Result<FeatureSet>
     FeatureSet::new("encoded images", paths.len(), clip.dim(), data)
 }
 
-/// A features cache: `<file>.npy` beside `<file>.json`, which records the extractor's
-/// fingerprint and the image list (names and sizes) the features came from. A cache that does
-/// not match is recomputed and replaced.
+/// A features cache: `<path>.npy` beside `<path>.json` (whatever extension `path` has), which
+/// records the extractor's fingerprint and the image list (names and sizes) the features came
+/// from. A cache that does not match is recomputed and replaced.
 pub struct FeatureCache {
     pub path: PathBuf,
 }
@@ -79,6 +79,10 @@ impl FeatureCache {
         self.path.with_extension("json")
     }
 
+    fn npy_path(&self) -> PathBuf {
+        self.path.with_extension("npy")
+    }
+
     /// The features of every image under `dir`: from the cache when it matches, otherwise
     /// encoded and written to the cache. Returns the set and whether the cache served it.
     pub fn features_of_folder(&self, clip: &ClipVision, dir: &Path) -> Result<(FeatureSet, bool)> {
@@ -88,15 +92,15 @@ impl FeatureCache {
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v == key)
-            && self.path.exists();
+            && self.npy_path().exists();
         if cached {
-            let set = load_features(&self.path)?;
+            let set = load_features(&self.npy_path())?;
             if set.n == paths.len() && set.dim == clip.dim() {
                 return Ok((set, true));
             }
         }
         let set = encode_images(clip, &paths)?;
-        npy::write_f32(&self.path, &[set.n, set.dim], &set.data)?;
+        npy::write_f32(&self.npy_path(), &[set.n, set.dim], &set.data)?;
         let text =
             serde_json::to_string(&key).map_err(|e| Error::arg(format!("cache key: {e}")))?;
         write_atomic(&self.meta_path(), text.as_bytes())?;

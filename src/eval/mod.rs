@@ -17,9 +17,11 @@
 
 mod features;
 mod prdc;
+mod run;
 
 pub use features::{encode_images, load_features, FeatureCache};
 pub use prdc::{prdc, Prdc};
+pub use run::{run_extractor, run_sets, RunSets};
 
 use serde::Serialize;
 

@@ -1,9 +1,9 @@
 //! Member images to extractor features.
 
 use crate::error::Result;
+use crate::image::HwcImage;
 use crate::io::images_out;
 use crate::models::clip::ClipVision;
-use crate::image::HwcImage;
 
 /// Features `[n, D]` of final samples (NHWC, model space [-1, 1]) from the extractor: 8-bit
 /// quantised first when `quantize` (as saving PNGs does), otherwise mapped to [0, 1] in float.

@@ -11,10 +11,10 @@ use super::run_dir::RunDir;
 use super::JobReport;
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::image::HwcImage;
 use crate::io::members;
 use crate::keep::KeepPolicy;
 use crate::models::clip::ClipVision;
-use crate::image::HwcImage;
 use crate::uncertainty::Estimator;
 
 /// Scores member images produced elsewhere, in the reference code's layout
