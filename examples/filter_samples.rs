@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         overwrite: true,
         uncertainty: Some(uncertainty),
         max_samples_per_pass: None,
+        shard: None,
     };
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let report = job.run(backend, &mut |p| {

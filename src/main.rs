@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
-use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, UncertaintySettings};
+use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, Shard, UncertaintySettings};
 use uqengine::keep::KeepPolicy;
 use uqengine::laplace::{FitOptions, FitSet, Hessian};
 use uqengine::member_schedule::MemberSchedule;
@@ -51,6 +51,28 @@ enum Command {
     /// reference set (features, or image folders through an extractor); with --run, a finished
     /// run's kept, first-N and least-certain sets side by side.
     Eval(EvalArgs),
+    /// Build a run from the folders of its shards (`sample --shard i/n`): the same samples as
+    /// the run made in one piece, scores and kept set over the whole run.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The shard folders (any order).
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// Output folder of the merged run.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also list (keep.txt) and copy (keep/) the N most certain samples of the whole run.
+    #[arg(long)]
+    keep: Option<usize>,
+    /// How --keep chooses: per-class or global (default: per-class for class-conditional runs).
+    #[arg(long, value_name = "global|per-class")]
+    keep_policy: Option<String>,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -173,6 +195,11 @@ struct SampleArgs {
     /// layers), shared-trunk:L (the MAP trajectory, then shared-trunk for the last L steps).
     #[arg(long, value_name = "NAME", default_value = "full")]
     uq_schedule: String,
+    /// Run only shard i of n (i/n, 0 <= i < n): a contiguous range of the run's batches, computed
+    /// exactly as in the whole run. `uqengine merge` builds the run from the n shard folders.
+    /// One process per GPU: --shard i/n --device cuda:i.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<String>,
     /// Write all K member images (members/<m>/imgs/NNNNN.png) and features.npy.
     #[arg(long)]
     save_members: bool,
@@ -426,6 +453,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         overwrite: a.overwrite,
         uncertainty,
         max_samples_per_pass: None,
+        shard: a.shard.as_deref().map(Shard::parse).transpose()?,
     };
     let (bar, mut on_progress) = progress_bar();
     let report = job.run(be.clone(), &mut on_progress)?;
@@ -660,6 +688,31 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_merge(a: MergeArgs) -> Result<()> {
+    if a.keep_policy.is_some() && a.keep.is_none() {
+        bail!("--keep-policy chooses the kept set: it needs --keep N");
+    }
+    let job = uqengine::job::MergeJob {
+        shards: a.shards,
+        out_dir: a.out,
+        keep: a.keep,
+        keep_policy: a
+            .keep_policy
+            .as_deref()
+            .map(KeepPolicy::parse)
+            .transpose()?,
+        overwrite: a.overwrite,
+    };
+    let r = job.run()?;
+    println!(
+        "merged {} samples ({} members each) into {}",
+        r.num,
+        r.members,
+        r.out_dir.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
@@ -668,6 +721,7 @@ fn main() -> ExitCode {
         Command::Score(a) => cmd_score(a),
         Command::Info(a) => cmd_info(a),
         Command::Eval(a) => cmd_eval(a),
+        Command::Merge(a) => cmd_merge(a),
     };
     if let Some(p) = PROFILE.get() {
         eprint!("{}", p.report());

@@ -59,6 +59,17 @@ impl Estimator {
         m
     }
 
+    /// The estimator [`Estimator::meta`] describes.
+    pub fn from_meta(meta: &serde_json::Value) -> Result<Self> {
+        match meta["estimator"].as_str() {
+            Some("gaussian_entropy") => match meta["sigma2"].as_f64() {
+                Some(sigma2) => Ok(Estimator::GaussianEntropy(EntropyOptions { sigma2 })),
+                None => Err(Error::arg(format!("estimator {meta}: no sigma2"))),
+            },
+            _ => Err(Error::arg(format!("unknown estimator {meta}"))),
+        }
+    }
+
     /// Score `n` samples of `k` members with `d`-dimensional features (`[N, K, D]`, f32).
     /// Lower is more certain.
     pub fn score(&self, features: &[f32], n: usize, k: usize, d: usize) -> Result<Vec<f64>> {

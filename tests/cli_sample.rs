@@ -161,6 +161,7 @@ fn split_passes_give_the_same_samples() {
             overwrite: false,
             uncertainty: None,
             max_samples_per_pass: pass,
+            shard: None,
         };
         job.run(Arc::new(CpuBackend::new()), &mut |_| {}).unwrap();
         out.push(

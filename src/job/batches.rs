@@ -111,8 +111,8 @@ impl BatchLoop<'_> {
     }
 }
 
-/// The MAP member (`k = 0`) of every sample, NCHW `[num, c, s, s]`, from the run's chunks of
-/// `K = k` members.
+/// The MAP member (`k = 0`) of every sample of the plan, NCHW `[n, c, s, s]`, from the run's
+/// chunks of `K = k` members.
 pub(crate) fn read_map_samples(
     dir: &RunDir,
     plan: BatchPlan,
@@ -121,7 +121,7 @@ pub(crate) fn read_map_samples(
     s: usize,
 ) -> Result<Vec<f32>> {
     let per = c * s * s;
-    let mut out = Vec::with_capacity(plan.num * per);
+    let mut out = Vec::with_capacity(plan.samples() * per);
     for range in plan.batches() {
         let path = dir.chunk(range.start);
         let a = npy::read(&path)?;
@@ -140,18 +140,19 @@ pub(crate) fn read_map_samples(
     Ok(out)
 }
 
-/// Member features `[num, k, d]` of the whole run, from its feature chunks.
+/// Member features `[n, k, d]` of every sample of the plan, from its feature chunks.
 pub(crate) fn read_features(dir: &RunDir, plan: BatchPlan, k: usize, d: usize) -> Result<Vec<f32>> {
-    let mut feats = Vec::with_capacity(plan.num * k * d);
+    let n = plan.samples();
+    let mut feats = Vec::with_capacity(n * k * d);
     for range in plan.batches() {
         feats.extend(npy::read(&dir.feature_chunk(range.start))?.to_f32());
     }
-    if feats.len() != plan.num * k * d {
+    if feats.len() != n * k * d {
         return Err(Error::arg(format!(
             "{}: feature chunks hold {} values, expected {}",
             dir.join("chunks").display(),
             feats.len(),
-            plan.num * k * d
+            n * k * d
         )));
     }
     Ok(feats)

@@ -11,11 +11,15 @@
 //! 4. [`batches`]: the batch loop: K member trajectories per sample, images, member features,
 //!    one chunk file per finished batch;
 //! 5. [`report`]: scores (`scores.csv`, `scores.json`), the contact sheet, the kept set and the
-//!    summary, from features of a whole set; shared by the sample and the score job.
+//!    summary, from features of a whole set; shared by the sample, score and merge jobs.
+//!
+//! A run can also be made in shards (`SampleJob::shard`: contiguous batch ranges, computed
+//! exactly as in the whole run) and assembled by [`MergeJob`].
 
 mod batches;
 mod features;
 mod inputs;
+mod merge;
 mod plan;
 mod report;
 mod run_dir;
@@ -26,7 +30,8 @@ use std::path::PathBuf;
 
 pub use features::extract_features;
 pub use inputs::{find_scheduler_config, scheduler_config};
-pub use plan::plan_pass;
+pub use merge::MergeJob;
+pub use plan::{plan_pass, Shard};
 pub use sample::{SampleJob, UncertaintySettings};
 pub use score::ScoreJob;
 

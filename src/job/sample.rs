@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::batches::{read_features, read_map_samples, BatchLoop};
 use super::inputs::{SampleInputs, UncertaintyInputs};
-use super::plan::{plan_pass, BatchPlan};
+use super::plan::{plan_pass, BatchPlan, Shard};
 use super::report::{write_report, write_summary, ReportOptions, ScoredSet, Thumb};
 use super::run_dir::RunDir;
 use super::{JobReport, Progress};
@@ -45,6 +45,8 @@ pub struct SampleJob {
     /// from the backend's memory budget ([`plan_pass`]): a whole batch where it fits, otherwise
     /// the batch is split into passes instead of running out of memory.
     pub max_samples_per_pass: Option<usize>,
+    /// Run only this shard's batches (`uqengine merge` builds the run from all shards).
+    pub shard: Option<Shard>,
 }
 
 /// Settings of the uncertainty part of a sample run.
@@ -102,11 +104,25 @@ impl SampleJob {
         }
         if let Some(u) = &self.uncertainty {
             u.schedule.modes(self.steps)?;
+            if self.shard.is_some() && u.keep.is_some() {
+                return Err(Error::arg(
+                    "--keep chooses from the whole run: give it to `uqengine merge`, not to a --shard run",
+                ));
+            }
         }
-        Ok(())
+        self.plan().check()
     }
 
-    /// The settings that must match for a partial run to be resumed.
+    fn plan(&self) -> BatchPlan {
+        BatchPlan {
+            num: self.num,
+            batch: self.batch,
+            shard: self.shard,
+        }
+    }
+
+    /// The settings that must match for a partial run to be resumed (with the shard) and for
+    /// shards to be merged (without it).
     fn identity(&self, inputs: &SampleInputs) -> Value {
         json!({
             "model_fingerprint": inputs.unet.fingerprint(),
@@ -167,7 +183,10 @@ impl SampleJob {
         self.validate()?;
         let mut inputs = SampleInputs::load(self, &backend)?;
         let pass = self.samples_per_pass(backend.as_ref(), &inputs, progress);
-        let dir = RunDir::resume_or_create(&self.out_dir, self.overwrite, &self.identity(&inputs))?;
+        let identity = self.identity(&inputs);
+        let mut resume_identity = identity.clone();
+        resume_identity["shard"] = json!(self.shard.map(|s| [s.index, s.count]));
+        let dir = RunDir::resume_or_create(&self.out_dir, self.overwrite, &resume_identity)?;
         let generator = Generator {
             backend: backend.as_ref(),
             unet: &inputs.unet,
@@ -181,10 +200,7 @@ impl SampleJob {
             seed: self.seed,
         };
         let k = generator.k();
-        let plan = BatchPlan {
-            num: self.num,
-            batch: self.batch,
-        };
+        let plan = self.plan();
         let batches = BatchLoop {
             generator: &generator,
             inputs: &inputs,
@@ -197,11 +213,11 @@ impl SampleJob {
         if done > 0 {
             progress(Progress::Message(format!(
                 "resuming: {done} of {} samples already done",
-                self.num
+                plan.samples()
             )));
         }
         progress(Progress::Start {
-            total: (self.num * self.steps) as u64,
+            total: (plan.samples() * self.steps) as u64,
             done: (done * self.steps) as u64,
         });
         let sample_started = Instant::now();
@@ -211,18 +227,36 @@ impl SampleJob {
         let cfg = &inputs.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
         let map_samples = read_map_samples(&dir, plan, k, c, s)?;
-        npy::write_f32(&dir.join("samples.npy"), &[self.num, c, s, s], &map_samples)?;
+        npy::write_f32(
+            &dir.join("samples.npy"),
+            &[plan.samples(), c, s, s],
+            &map_samples,
+        )?;
 
         let uncertainty_summary = match (&self.uncertainty, &inputs.uncertainty) {
             (Some(u), Some(uq)) => {
-                let scored = ScoredRun {
-                    dir: &dir,
-                    inputs: &inputs,
-                    plan,
-                    members: k,
-                    map_samples: &map_samples,
-                };
-                self.report_uncertainty(u, uq, &scored, feature_seconds)?
+                let mut summary = self.uncertainty_inputs_summary(u, uq, k, feature_seconds)?;
+                if self.shard.is_some() {
+                    // A shard's scores need the whole run: merge scores the features.
+                    let d = uq.extractor.dim();
+                    let features = read_features(&dir, plan, k, d)?;
+                    npy::write_f32(
+                        &dir.join("features.npy"),
+                        &[plan.samples(), k, d],
+                        &features,
+                    )?;
+                    summary.insert("estimator".into(), Value::Object(u.estimator.meta()));
+                } else {
+                    let scored = ScoredRun {
+                        dir: &dir,
+                        inputs: &inputs,
+                        plan,
+                        members: k,
+                        map_samples: &map_samples,
+                    };
+                    summary.extend(self.report_uncertainty(u, uq, &scored)?);
+                }
+                Value::Object(summary)
             }
             _ => Value::Null,
         };
@@ -241,6 +275,12 @@ impl SampleJob {
             "classes": inputs.classes,
             "resumed_samples": done,
             "uncertainty": uncertainty_summary,
+            "shard": self.shard.map(|s| json!({
+                "index": s.index,
+                "count": s.count,
+                "samples": plan.batches().flatten().collect::<Vec<_>>(),
+                "identity": identity,
+            })),
             "seconds_sampling": sample_seconds,
             "seconds_total": started.elapsed().as_secs_f64(),
         });
@@ -255,35 +295,55 @@ impl SampleJob {
         })
     }
 
-    /// The report stage of a run with uncertainty: scores, tables, contact sheet, kept set;
-    /// returns the summary's `uncertainty` entry.
+    /// The summary's description of a run's uncertainty inputs: posterior, extractor,
+    /// schedule, feature time.
+    fn uncertainty_inputs_summary(
+        &self,
+        u: &UncertaintySettings,
+        uq: &UncertaintyInputs,
+        k: usize,
+        feature_seconds: f64,
+    ) -> Result<Map<String, Value>> {
+        let post = &uq.posterior;
+        Ok(json!({
+            "posterior": u.posterior.display().to_string(),
+            "posterior_hessian": post.hessian().as_str(),
+            "posterior_images": post.num_images(),
+            "prior_precision": post.prior_precision(),
+            "sigma_noise": post.sigma_noise(),
+            "extractor": u.extractor.display().to_string(),
+            "extractor_fingerprint": uq.extractor.fingerprint(),
+            "seconds_features": feature_seconds,
+            "uq_schedule": u.schedule.name(),
+            "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default())
+    }
+
+    /// The report stage of a whole run with uncertainty: scores, tables, contact sheet, kept
+    /// set; returns the summary's entries for them.
     fn report_uncertainty(
         &self,
         u: &UncertaintySettings,
         uq: &UncertaintyInputs,
         run: &ScoredRun,
-        feature_seconds: f64,
-    ) -> Result<Value> {
+    ) -> Result<Map<String, Value>> {
         let (k, dir) = (run.members, run.dir);
         let cfg = &run.inputs.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
         let d = uq.extractor.dim();
         let features = read_features(dir, run.plan, k, d)?;
-        let thumbs: Vec<Thumb> = run
-            .map_samples
-            .chunks_exact(c * s * s)
-            .map(|x| (images_out::to_u8(&nchw_to_nhwc(x, 1, c, s, s)), s, s, c))
-            .collect();
-        let indices: Vec<usize> = (0..self.num).collect();
         let classes = run.inputs.class_labels();
         let set = ScoredSet {
-            indices: &indices,
+            indices: &(0..self.num).collect::<Vec<_>>(),
             seed: self.seed,
             classes: classes.as_deref(),
             features: &features,
             members: k,
             dim: d,
-            thumbs: &thumbs,
+            thumbs: &thumbnails(run.map_samples, c, s),
         };
         let keep_policy = u
             .keep_policy
@@ -295,28 +355,16 @@ impl SampleJob {
             keep_policy,
             save_features: u.save_members,
         };
-        let report = write_report(dir, &set, &opts)?;
-        let post = &uq.posterior;
-        let mut summary = report.summary(u.keep, keep_policy);
-        summary.extend(
-            json!({
-                "posterior": u.posterior.display().to_string(),
-                "posterior_hessian": post.hessian().as_str(),
-                "posterior_images": post.num_images(),
-                "prior_precision": post.prior_precision(),
-                "sigma_noise": post.sigma_noise(),
-                "extractor": u.extractor.display().to_string(),
-                "extractor_fingerprint": uq.extractor.fingerprint(),
-                "seconds_features": feature_seconds,
-                "uq_schedule": u.schedule.name(),
-                "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
-            })
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        );
-        Ok(Value::Object(summary))
+        Ok(write_report(dir, &set, &opts)?.summary(u.keep, keep_policy))
     }
+}
+
+/// 8-bit thumbnails (HWC) of NCHW samples in [-1, 1] with `c` channels of `s x s`.
+pub(crate) fn thumbnails(samples: &[f32], c: usize, s: usize) -> Vec<Thumb> {
+    samples
+        .chunks_exact(c * s * s)
+        .map(|x| (images_out::to_u8(&nchw_to_nhwc(x, 1, c, s, s)), s, s, c))
+        .collect()
 }
 
 /// A finished batch loop, as the report stage reads it.
