@@ -209,8 +209,8 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct FeatureArgs {
-    /// Feature extractor: a CLIPVisionModelWithProjection directory (default with the built-in
-    /// model: its shipped extractor).
+    /// Feature extractor: a CLIPVisionModelWithProjection directory (`sample` with the built-in
+    /// model: its shipped extractor by default; required otherwise).
     #[arg(long)]
     extractor: Option<PathBuf>,
     /// sigma^2 of the Gaussian entropy.
@@ -300,9 +300,17 @@ fn backend(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
 }
 
 fn select_device(args: &DeviceArgs) -> Result<Arc<dyn Backend>> {
-    if let Some(t) = args.threads {
+    if let Some(mut t) = args.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if t > 4 * cores {
+            eprintln!(
+                "--threads {t}: this machine has {cores} cores; using {}",
+                4 * cores
+            );
+            t = 4 * cores;
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)

@@ -59,6 +59,19 @@ impl Estimator {
         m
     }
 
+    /// Check the estimator's parameters (before any work that needs them).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Estimator::GaussianEntropy(o) if !(o.sigma2.is_finite() && o.sigma2 > 0.0) => {
+                Err(Error::arg(format!(
+                    "--sigma2 {}: sigma^2 of the Gaussian entropy must be finite and > 0",
+                    o.sigma2
+                )))
+            }
+            Estimator::GaussianEntropy(_) => Ok(()),
+        }
+    }
+
     /// The estimator [`Estimator::meta`] describes.
     pub fn from_meta(meta: &serde_json::Value) -> Result<Self> {
         match meta["estimator"].as_str() {

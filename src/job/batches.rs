@@ -75,6 +75,19 @@ impl BatchLoop<'_> {
                     .run(&input(p), |_| progress(Progress::Advance(samples)))?,
             );
         }
+        if let Some(at) = x.iter().position(|v| !v.is_finite()) {
+            let (j, m) = (at / per / k, at / per % k);
+            let from_noise = if matches!(self.inputs.noise, super::inputs::NoiseSource::Given(_)) {
+                " or the --noise file"
+            } else {
+                ""
+            };
+            return Err(Error::arg(format!(
+                "sample {} (member {m}) is not finite ({}) after sampling: check the model's config and weights{from_noise}",
+                range.start + j,
+                x[at]
+            )));
+        }
         let member = |j: usize, m: usize| &x[(j * k + m) * per..(j * k + m + 1) * per];
         for (j, i) in range.clone().enumerate() {
             let path = self.dir.join("images").join(format!("{i:05}.png"));

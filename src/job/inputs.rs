@@ -51,7 +51,24 @@ pub(crate) enum NoiseSource {
     Given(Vec<f32>),
 }
 
+/// Content fingerprint of a file (FNV-1a 64 of its bytes, hex).
+pub(crate) fn file_fingerprint(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:016x}", crate::models::weights::fnv1a64(&bytes)))
+}
+
 impl NoiseSource {
+    /// Content fingerprint of a given noise array (`None` for generated noise).
+    pub fn fingerprint(&self) -> Option<String> {
+        match self {
+            NoiseSource::Seeded(_) => None,
+            NoiseSource::Given(z) => Some(format!(
+                "{:016x}",
+                crate::models::weights::fnv1a64(bytemuck::cast_slice(z))
+            )),
+        }
+    }
+
     /// `x_T` of sample `index`, NHWC.
     pub fn sample(&self, index: usize, c: usize, s: usize) -> Vec<f32> {
         let per = c * s * s;
@@ -65,12 +82,16 @@ impl NoiseSource {
 /// The uncertainty part of a run's inputs.
 pub(crate) struct UncertaintyInputs {
     pub posterior: Posterior,
+    /// Content fingerprint of the posterior file.
+    pub posterior_fingerprint: String,
     pub extractor: ClipVision,
 }
 
 /// Everything a sample run reads, checked.
 pub(crate) struct SampleInputs {
     pub unet: UNet,
+    /// The scheduler config after overrides.
+    pub scheduler: SchedulerConfig,
     pub sampler: Sampler,
     /// The scheduler config file the sampler came from (`None`: diffusers defaults).
     pub scheduler_path: Option<PathBuf>,
@@ -107,6 +128,7 @@ impl SampleInputs {
                     ));
                 }
                 let posterior = Posterior::load(&u.posterior)?;
+                let posterior_fingerprint = file_fingerprint(&u.posterior)?;
                 posterior.check_model(&unet)?;
                 for m in 0..u.draws {
                     let (w, bias) = posterior.draw(job.seed, m);
@@ -115,12 +137,14 @@ impl SampleInputs {
                 let extractor = ClipVision::load(backend.clone(), &u.extractor)?;
                 Some(UncertaintyInputs {
                     posterior,
+                    posterior_fingerprint,
                     extractor,
                 })
             }
         };
         Ok(SampleInputs {
             unet,
+            scheduler: sched,
             sampler,
             scheduler_path,
             noise,
@@ -149,5 +173,15 @@ fn read_noise(path: &Path, num: usize, c: usize, s: usize) -> Result<Vec<f32>> {
             a.shape,
         )));
     }
-    Ok(a.to_f32())
+    let z = a.to_f32();
+    if let Some(i) = z.iter().position(|v| !v.is_finite()) {
+        return Err(Error::arg(format!(
+            "{}: noise value {} of sample {} (element {}) is not finite",
+            path.display(),
+            z[i],
+            i / (c * s * s),
+            i % (c * s * s)
+        )));
+    }
+    Ok(z)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use super::report::{write_report, write_summary, ReportOptions, ScoredSet};
-use super::run_dir::{io, RunDir};
+use super::run_dir::{differences, io, RunDir};
 use super::sample::thumbnails;
 use super::JobReport;
 use crate::error::{Error, Result};
@@ -84,39 +84,22 @@ impl ShardRun {
         })
     }
 
-    /// What must agree between shards of one run: the run's settings and the estimator.
+    /// What must agree between shards of one run: the run's settings (file contents by their
+    /// fingerprints: paths may differ between machines) and the estimator.
     fn identity(&self) -> Value {
+        let mut settings = self.summary["shard"]["identity"].clone();
+        for key in ["noise_file", "scheduler_config"] {
+            settings[key] = Value::Null;
+        }
+        if settings["uncertainty"].is_object() {
+            settings["uncertainty"]["posterior"] = Value::Null;
+            settings["uncertainty"]["extractor"] = Value::Null;
+        }
         json!({
-            "settings": self.summary["shard"]["identity"],
+            "settings": settings,
             "estimator": self.summary["uncertainty"]["estimator"],
             "count": self.count,
         })
-    }
-}
-
-/// The keys (dotted paths) where two JSON values differ.
-fn differences(a: &Value, b: &Value, prefix: &str, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                differences(
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                    &p,
-                    out,
-                );
-            }
-        }
-        _ if a != b => out.push(format!("{prefix} ({a} vs {b})")),
-        _ => {}
     }
 }
 

@@ -10,10 +10,68 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::fs::write_atomic;
 
-/// An output folder being written.
+/// An output folder being written (by this process alone: see [`Lock`]).
 pub(crate) struct RunDir {
     out: PathBuf,
     part: PathBuf,
+    _lock: Lock,
+}
+
+/// An exclusive claim on an output folder: `<out>.lock`, created only if absent, holding the
+/// owner's process id, removed when the writer finishes or fails. A lock whose process no longer
+/// runs is stale and taken over.
+struct Lock {
+    path: PathBuf,
+}
+
+impl Lock {
+    fn take(out: &Path) -> Result<Lock> {
+        let mut path = out.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    io(&path, write!(f, "{}", std::process::id()))?;
+                    return Ok(Lock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok());
+                    let alive = owner.is_none_or(|pid| {
+                        !cfg!(target_os = "linux") || Path::new(&format!("/proc/{pid}")).exists()
+                    });
+                    if alive {
+                        return Err(Error::arg(format!(
+                            "another uqengine process{} is writing {} (lock file {}); wait for it to finish, or delete the lock file if no such process runs",
+                            owner.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                            out.display(),
+                            path.display()
+                        )));
+                    }
+                    // Stale: its process is gone.
+                    io(&path, std::fs::remove_file(&path))?;
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Err(Error::arg(format!(
+            "could not take the lock file {}",
+            path.display()
+        )))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Map an I/O error to the crate's error, naming `path`.
@@ -22,9 +80,16 @@ pub(crate) fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
 }
 
 impl RunDir {
-    /// A fresh folder for a job that does not resume: a stale `<out>.partial` is removed.
+    /// A fresh folder for a job that does not resume: a stale `<out>.partial` is removed, but
+    /// not an unfinished sample run's (without `overwrite`).
     pub fn create(out: &Path, overwrite: bool) -> Result<RunDir> {
         let dir = RunDir::new(out, overwrite)?;
+        if dir.run_json().exists() && !overwrite {
+            return Err(Error::arg(format!(
+                "{} holds an unfinished sample run; finish it, remove it, or use --overwrite to discard it",
+                dir.part.display()
+            )));
+        }
         if dir.part.exists() {
             io(&dir.part, std::fs::remove_dir_all(&dir.part))?;
         }
@@ -43,16 +108,26 @@ impl RunDir {
         let dir = RunDir::new(out, overwrite)?;
         let run_json = dir.run_json();
         if dir.part.exists() {
-            let same = std::fs::read_to_string(&run_json)
+            let recorded = std::fs::read_to_string(&run_json)
                 .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| &v == identity);
-            if !same {
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            if recorded.as_ref() != Some(identity) {
                 if overwrite {
                     io(&dir.part, std::fs::remove_dir_all(&dir.part))?;
                 } else {
+                    let what = match &recorded {
+                        Some(r) => {
+                            let mut diff = Vec::new();
+                            differences(r, identity, "", &mut diff);
+                            format!(
+                                "other settings or inputs (unfinished vs now: {})",
+                                diff.join(", ")
+                            )
+                        }
+                        None => "no readable run.json (not an unfinished sample run)".to_string(),
+                    };
                     return Err(Error::arg(format!(
-                        "{} holds an unfinished run with other settings; remove it or use --overwrite",
+                        "{} holds an unfinished run with {what}; remove it, or use --overwrite to discard it",
                         dir.part.display()
                     )));
                 }
@@ -67,6 +142,10 @@ impl RunDir {
     /// An existing non-empty output folder is an error unless `overwrite` (finished work is
     /// never replaced by accident).
     fn new(out: &Path, overwrite: bool) -> Result<RunDir> {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            io(parent, std::fs::create_dir_all(parent))?;
+        }
+        let lock = Lock::take(out)?;
         let nonempty = out.exists()
             && std::fs::read_dir(out)
                 .map(|mut d| d.next().is_some())
@@ -82,6 +161,7 @@ impl RunDir {
         Ok(RunDir {
             out: out.to_path_buf(),
             part: PathBuf::from(part),
+            _lock: lock,
         })
     }
 
@@ -136,4 +216,36 @@ impl RunDir {
 /// Pretty JSON text of a value built by the crate (always serialisable).
 pub(crate) fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).expect("a serde_json::Value always serialises")
+}
+
+/// The keys (dotted paths) where two JSON values differ, with both values.
+pub(crate) fn differences(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                differences(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &p,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{prefix} {a} vs {b}")),
+        _ => {}
+    }
 }

@@ -104,6 +104,7 @@ impl SampleJob {
         }
         if let Some(u) = &self.uncertainty {
             u.schedule.modes(self.steps)?;
+            u.estimator.validate()?;
             if self.shard.is_some() && u.keep.is_some() {
                 return Err(Error::arg(
                     "--keep chooses from the whole run: give it to `uqengine merge`, not to a --shard run",
@@ -132,12 +133,20 @@ impl SampleJob {
             "batch": self.batch,
             "classes": format!("{:?}", self.classes),
             "noise_file": self.noise_file.as_ref().map(|p| p.display().to_string()),
+            "noise_file_fingerprint": inputs.noise.fingerprint(),
+            "scheduler_config": inputs.scheduler_path.as_ref().map(|p| p.display().to_string()),
+            "scheduler_fingerprint": format!(
+                "{:016x}",
+                crate::models::weights::fnv1a64(format!("{:?}", inputs.scheduler).as_bytes())
+            ),
             "sampler": format!("{:?}", self.sampler),
             "scheduler_overrides": self.scheduler_overrides,
             "members": inputs.members.len(),
             "uncertainty": self.uncertainty.as_ref().map(|u| json!({
                 "posterior": u.posterior.display().to_string(),
+                "posterior_fingerprint": inputs.uncertainty.as_ref().map(|uq| uq.posterior_fingerprint.clone()),
                 "extractor": u.extractor.display().to_string(),
+                "extractor_fingerprint": inputs.uncertainty.as_ref().map(|uq| uq.extractor.fingerprint().to_string()),
                 "draws": u.draws,
                 "quantize": u.quantize,
                 "save_members": u.save_members,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::config::JsonConfig;
+use crate::config::{invalid, JsonConfig, Positive};
 use crate::error::{Error, Result};
 
 /// Down block kinds of `UNet2DModel`.
@@ -64,8 +64,17 @@ impl UNetConfig {
                 }
                 s[0]
             }
-            _ => c.req("sample_size")?,
+            _ => c.req::<Positive<usize>>("sample_size")?.0,
         };
+        // Activations of one sample hold at least sample_size^2 values per channel: beyond this
+        // a model would need absurd memory.
+        if sample_size > 4096 {
+            return Err(invalid(
+                c.path(),
+                "sample_size",
+                format!("{sample_size} is larger than 4096"),
+            ));
+        }
         let block_out_channels: Vec<usize> = c.req("block_out_channels")?;
         let down_names: Vec<String> = c.req("down_block_types")?;
         let up_names: Vec<String> = c.req("up_block_types")?;
@@ -191,7 +200,7 @@ impl UNetConfig {
             attention_head_dim,
             norm_num_groups,
             attn_norm_num_groups: c.opt("attn_norm_num_groups")?,
-            norm_eps: c.or("norm_eps", 1e-5)?,
+            norm_eps: c.or("norm_eps", Positive(1e-5))?.0,
             num_class_embeds: c.opt("num_class_embeds")?,
             time_embed_dim,
             add_attention: c.or("add_attention", true)?,
