@@ -364,6 +364,8 @@ fn progress_bar() -> (ProgressBar, impl FnMut(Progress)) {
             b.reset_eta();
         }
         Progress::Advance(n) => b.inc(n),
+        // Messages reach the user also when stderr is not a terminal (the bar is hidden then).
+        Progress::Message(m) if b.is_hidden() => eprintln!("{m}"),
         Progress::Message(m) => b.println(m),
     })
 }

@@ -144,11 +144,12 @@ fn arguments_are_checked_before_any_work() {
     );
 }
 
-/// Start a long sample run and kill it once its first batch is finished.
-fn interrupted_run(out: &Path, post: &Path, extra: &[&str]) {
+/// Start a sample run of `num` samples and kill it once `marker` (a file of its unfinished
+/// folder) exists.
+fn interrupted_run(out: &Path, post: &Path, num: &str, marker: &str) {
     let model = fixture(MODEL);
     let clip = fixture("clip/gray_gelu_f16/model");
-    let mut args = vec![
+    let args = vec![
         "sample",
         "--model",
         arg(&model),
@@ -157,7 +158,7 @@ fn interrupted_run(out: &Path, post: &Path, extra: &[&str]) {
         "--extractor",
         arg(&clip),
         "--num",
-        "600",
+        num,
         "--batch",
         "2",
         "--steps",
@@ -169,7 +170,6 @@ fn interrupted_run(out: &Path, post: &Path, extra: &[&str]) {
         "--out",
         arg(out),
     ];
-    args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_uqengine"))
         .args(&args)
         .stdout(Stdio::null())
@@ -178,7 +178,7 @@ fn interrupted_run(out: &Path, post: &Path, extra: &[&str]) {
         .unwrap();
     let mut part = out.as_os_str().to_owned();
     part.push(".partial");
-    let chunk = Path::new(&part).join("chunks/000000.npy");
+    let chunk = Path::new(&part).join(marker);
     let t0 = Instant::now();
     while !chunk.exists() {
         assert!(t0.elapsed() < Duration::from_secs(120), "no batch finished");
@@ -198,7 +198,7 @@ fn resume_refuses_changed_inputs_and_takes_over_a_stale_lock() {
     let post = fit(tmp.path(), "a", 1);
     let other = fit(tmp.path(), "b", 2);
     let out = tmp.path().join("run");
-    interrupted_run(&out, &post, &[]);
+    interrupted_run(&out, &post, "600", "chunks/000000.npy");
     // SIGKILL left the lock behind; its process is gone.
     assert!(tmp.path().join("run.lock").exists());
     // The posterior file is replaced between interruption and resume.
@@ -316,4 +316,55 @@ fn a_second_writer_is_refused_while_the_first_runs() {
         !tmp.path().join("out.lock").exists(),
         "the lock is released"
     );
+}
+
+#[test]
+fn a_damaged_batch_is_computed_again_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let post = fit(tmp.path(), "a", 1);
+    let whole = tmp.path().join("whole");
+    let out = tmp.path().join("run");
+    let model = fixture(MODEL);
+    let clip = fixture("clip/gray_gelu_f16/model");
+    let run = |out: &Path| {
+        uqengine_cli(&[
+            "sample",
+            "--model",
+            arg(&model),
+            "--posterior",
+            arg(&post),
+            "--extractor",
+            arg(&clip),
+            "--num",
+            "200",
+            "--batch",
+            "2",
+            "--steps",
+            "4",
+            "--draws",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            arg(out),
+        ])
+    };
+    let (ok, log) = run(&whole);
+    assert!(ok, "{log}");
+    interrupted_run(&out, &post, "200", "chunks/000002.done.json");
+    // Damage the first finished batch: truncate one of its images.
+    let img = tmp.path().join("run.partial/images/00001.png");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, log) = run(&out);
+    assert!(
+        ok && log.contains("images/00001.png is damaged or missing") && log.contains("resuming"),
+        "{log}"
+    );
+    for f in ["samples.npy", "scores.csv", "images/00001.png"] {
+        assert!(
+            std::fs::read(whole.join(f)).unwrap() == std::fs::read(out.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! (with `save_members`) every member's image, and last its chunk file, whose presence marks the
 //! batch finished. The readers at the end assemble a whole run from the chunks.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use super::run_dir::{io, RunDir};
 use super::sample::UncertaintySettings;
 use super::Progress;
 use crate::error::{Error, Result};
+use crate::io::fs::write_atomic;
 use crate::io::{images_out, members, npy};
 use crate::layout::nhwc_to_nchw;
 use crate::pipeline::{BatchInput, Generator};
@@ -29,20 +31,48 @@ pub(crate) struct BatchLoop<'a> {
 }
 
 impl BatchLoop<'_> {
-    /// Samples in batches already finished (by an interrupted run with the same settings).
-    pub fn done(&self) -> usize {
+    /// Which batches of the plan an interrupted run with the same settings finished: those whose
+    /// record lists files that are all present with the recorded checksums. A batch with a
+    /// damaged or missing file is reported and counts as unfinished (it is computed again).
+    pub fn finished(&self, progress: &mut dyn FnMut(Progress)) -> Vec<bool> {
         self.plan
             .batches()
-            .filter(|r| self.dir.chunk(r.start).exists())
-            .map(|r| r.len())
-            .sum()
+            .map(|r| match self.verify(r.start) {
+                Ok(ok) => ok,
+                Err(file) => {
+                    progress(Progress::Message(format!(
+                        "batch of samples {}..{}: {file} is damaged or missing; computing the batch again",
+                        r.start,
+                        r.end - 1
+                    )));
+                    false
+                }
+            })
+            .collect()
     }
 
-    /// Run every unfinished batch. Returns the seconds spent in the feature extractor.
-    pub fn run(&self, progress: &mut dyn FnMut(Progress)) -> Result<f64> {
+    /// `Ok(true)`: the batch's record and every file it lists check out; `Ok(false)`: no
+    /// record; `Err(file)`: a listed file is missing or differs.
+    fn verify(&self, start: usize) -> std::result::Result<bool, String> {
+        let Ok(text) = std::fs::read_to_string(self.dir.batch_record(start)) else {
+            return Ok(false);
+        };
+        let record: BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|_| self.dir.batch_record(start).display().to_string())?;
+        for (file, sum) in &record {
+            match std::fs::read(self.dir.join(file)) {
+                Ok(bytes) if &checksum(&bytes) == sum => {}
+                _ => return Err(file.clone()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Run every batch not `finished`. Returns the seconds spent in the feature extractor.
+    pub fn run(&self, finished: &[bool], progress: &mut dyn FnMut(Progress)) -> Result<f64> {
         let mut feature_seconds = 0.0;
-        for range in self.plan.batches() {
-            if !self.dir.chunk(range.start).exists() {
+        for (range, &done) in self.plan.batches().zip(finished) {
+            if !done {
                 feature_seconds += self.run_batch(range, progress)?;
             }
         }
@@ -89,15 +119,24 @@ impl BatchLoop<'_> {
             )));
         }
         let member = |j: usize, m: usize| &x[(j * k + m) * per..(j * k + m + 1) * per];
+        let mut written: Vec<String> = Vec::new();
         for (j, i) in range.clone().enumerate() {
-            let path = self.dir.join("images").join(format!("{i:05}.png"));
-            images_out::write_png(&path, &images_out::to_u8(member(j, 0)), s, s, c)?;
+            let name = format!("images/{i:05}.png");
+            images_out::write_png(
+                &self.dir.join(&name),
+                &images_out::to_u8(member(j, 0)),
+                s,
+                s,
+                c,
+            )?;
+            written.push(name);
         }
         let mut feature_seconds = 0.0;
         if let (Some(u), Some(uq)) = (self.uncertainty, &self.inputs.uncertainty) {
             let t0 = Instant::now();
             let f = extract_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
             feature_seconds = t0.elapsed().as_secs_f64();
+            written.push(self.dir.relative(&self.dir.feature_chunk(range.start)));
             npy::write_f32(
                 &self.dir.feature_chunk(range.start),
                 &[n * k, uq.extractor.dim()],
@@ -111,6 +150,7 @@ impl BatchLoop<'_> {
                         let folder = path.parent().expect("a member image has a folder");
                         io(folder, std::fs::create_dir_all(folder))?;
                         images_out::write_png(&path, &images_out::to_u8(member(j, m)), s, s, c)?;
+                        written.push(self.dir.relative(&path));
                     }
                 }
             }
@@ -120,6 +160,16 @@ impl BatchLoop<'_> {
             &[n * k, c, s, s],
             &nhwc_to_nchw(&x, n * k, s, s, c),
         )?;
+        written.push(self.dir.relative(&self.dir.chunk(range.start)));
+        // The record, last: the batch's files with their checksums as they are on disk.
+        let mut record = BTreeMap::new();
+        for file in written {
+            let path = self.dir.join(&file);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            record.insert(file, checksum(&bytes));
+        }
+        let text = serde_json::to_string_pretty(&record).expect("a map of strings serialises");
+        write_atomic(&self.dir.batch_record(range.start), text.as_bytes())?;
         Ok(feature_seconds)
     }
 }
@@ -169,4 +219,9 @@ pub(crate) fn read_features(dir: &RunDir, plan: BatchPlan, k: usize, d: usize) -
         )));
     }
     Ok(feats)
+}
+
+/// Checksum of a finished batch's file (FNV-1a 64 of its bytes, hex).
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:016x}", crate::models::weights::fnv1a64(bytes))
 }

@@ -190,6 +190,21 @@ impl RunDir {
             .join(format!("{start:06}.features.npy"))
     }
 
+    /// The record of a finished batch: its files and their checksums (written last).
+    pub fn batch_record(&self, start: usize) -> PathBuf {
+        self.part
+            .join("chunks")
+            .join(format!("{start:06}.done.json"))
+    }
+
+    /// `path` (inside the folder being written) relative to the folder.
+    pub fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.part)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+
     fn run_json(&self) -> PathBuf {
         self.part.join("run.json")
     }

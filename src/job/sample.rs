@@ -218,7 +218,13 @@ impl SampleJob {
             pass,
             dir: &dir,
         };
-        let done = batches.done();
+        let finished = batches.finished(progress);
+        let done: usize = plan
+            .batches()
+            .zip(&finished)
+            .filter(|(_, &f)| f)
+            .map(|(r, _)| r.len())
+            .sum();
         if done > 0 {
             progress(Progress::Message(format!(
                 "resuming: {done} of {} samples already done",
@@ -230,7 +236,7 @@ impl SampleJob {
             done: (done * self.steps) as u64,
         });
         let sample_started = Instant::now();
-        let feature_seconds = batches.run(progress)?;
+        let feature_seconds = batches.run(&finished, progress)?;
         let sample_seconds = sample_started.elapsed().as_secs_f64();
 
         let cfg = &inputs.unet.config;
