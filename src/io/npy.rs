@@ -31,10 +31,16 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 /// Read a C-ordered little-endian array of f32/f64/i64/i32.
 pub fn read(path: &Path) -> Result<NpyArray> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(&bytes, path)
+}
+
+/// Parse `.npy` bytes (`path` names them in errors). Total: any input gives an array or an
+/// error, never a panic, and no allocation larger than the data the bytes hold.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad(path, "missing magic"));
     }
-    let (hlen, hstart) = match bytes[6] {
+    let (hlen, hstart): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => {
             if bytes.len() < 12 {
@@ -49,29 +55,37 @@ pub fn read(path: &Path) -> Result<NpyArray> {
     };
     let header = std::str::from_utf8(
         bytes
-            .get(hstart..hstart + hlen)
+            .get(hstart..hstart.saturating_add(hlen))
             .ok_or_else(|| bad(path, "truncated header"))?,
     )
     .map_err(|_| bad(path, "header is not text"))?;
+    // The text after `'name':` in the header dict.
     let field = |name: &str| -> Option<&str> {
-        let i = header.find(&format!("'{name}'"))?;
+        let key = format!("'{name}'");
+        let i = header.find(&key)?;
         Some(
-            header[i + name.len() + 2..]
+            header
+                .get(i + key.len()..)?
                 .trim_start()
-                .trim_start_matches(':')
+                .strip_prefix(':')?
                 .trim_start(),
         )
     };
     let descr = field("descr").ok_or_else(|| bad(path, "no descr"))?;
-    let descr = &descr[1..descr[1..]
-        .find('\'')
-        .ok_or_else(|| bad(path, "bad descr"))?
-        + 1];
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split_once('\''))
+        .map(|(d, _)| d)
+        .ok_or_else(|| bad(path, "bad descr"))?;
     if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
         return Err(bad(path, "Fortran order"));
     }
     let sh = field("shape").ok_or_else(|| bad(path, "no shape"))?;
-    let sh = &sh[1..sh.find(')').ok_or_else(|| bad(path, "bad shape"))?];
+    let sh = sh
+        .strip_prefix('(')
+        .and_then(|s| s.split_once(')'))
+        .map(|(s, _)| s)
+        .ok_or_else(|| bad(path, "bad shape"))?;
     let shape: Vec<usize> = sh
         .split(',')
         .map(str::trim)
@@ -81,16 +95,23 @@ pub fn read(path: &Path) -> Result<NpyArray> {
                 .map_err(|_| bad(path, format!("bad shape entry {s}")))
         })
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
-    let body = &bytes[hstart + hlen..];
     let (size, conv): (usize, fn(&[u8]) -> f64) = match descr {
         "<f4" => (4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
-        "<f8" => (8, |c| f64::from_le_bytes(c.try_into().unwrap())),
-        "<i8" => (8, |c| i64::from_le_bytes(c.try_into().unwrap()) as f64),
+        "<f8" => (8, |c| {
+            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+        }),
+        "<i8" => (8, |c| {
+            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+        }),
         "<i4" => (4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64),
         other => return Err(bad(path, format!("dtype {other}"))),
     };
-    if body.len() < n * size {
+    let body = bytes.get(hstart.saturating_add(hlen)..).unwrap_or_default();
+    let need = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(path, format!("shape {shape:?} is too large")))?;
+    if body.len() < need {
         return Err(bad(
             path,
             format!("{} data bytes for shape {shape:?} of {descr}", body.len()),
@@ -98,7 +119,7 @@ pub fn read(path: &Path) -> Result<NpyArray> {
     }
     Ok(NpyArray {
         shape,
-        data: body[..n * size].chunks_exact(size).map(conv).collect(),
+        data: body[..need].chunks_exact(size).map(conv).collect(),
     })
 }
 

@@ -374,6 +374,12 @@ impl Posterior {
     /// file and the tensor or metadata key.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a posterior file (`path` names it in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bytes = bytes.to_vec();
         let st_err = |msg: String| Error::Safetensors {
             path: path.to_path_buf(),
             msg,
