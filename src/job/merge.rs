@@ -117,47 +117,8 @@ impl MergeJob {
             .map(|d| ShardRun::open(d))
             .collect::<Result<Vec<_>>>()?;
         shards.sort_by_key(|s| s.index);
+        let num = check_shards(&shards)?;
         let first = &shards[0];
-        for s in &shards[1..] {
-            let mut diff = Vec::new();
-            differences(&first.identity(), &s.identity(), "", &mut diff);
-            if !diff.is_empty() {
-                return Err(Error::arg(format!(
-                    "shards {} and {} are not of the same run: they differ in {}",
-                    first.dir.display(),
-                    s.dir.display(),
-                    diff.join(", ")
-                )));
-            }
-        }
-        let count = first.count;
-        let given: Vec<String> = shards
-            .iter()
-            .map(|s| format!("{}/{count}", s.index))
-            .collect();
-        if let Some(missing) = (0..count).find(|i| !shards.iter().any(|s| s.index == *i)) {
-            return Err(Error::arg(format!(
-                "shard {missing}/{count} is missing (given: {})",
-                given.join(", ")
-            )));
-        }
-        if shards.len() != count {
-            return Err(Error::arg(format!(
-                "a shard is given twice (given: {})",
-                given.join(", ")
-            )));
-        }
-        let num = first.summary["num"].as_u64().unwrap_or(0) as usize;
-        let all: Vec<usize> = shards
-            .iter()
-            .flat_map(|s| s.samples.iter().copied())
-            .collect();
-        if all != (0..num).collect::<Vec<_>>() {
-            return Err(Error::arg(format!(
-                "the shards do not hold samples 0..{num} exactly once"
-            )));
-        }
-
         let dir = RunDir::create(&self.out_dir, self.overwrite)?;
         let images = dir.create_dir("images")?;
         let mut samples = Vec::new();
@@ -298,6 +259,52 @@ impl MergeJob {
         };
         Ok(write_report(dir, &set, &opts)?.summary(self.keep, keep_policy))
     }
+}
+
+/// The shards (sorted by index) form one run: the same settings, each shard once, all present,
+/// together samples `0..num` exactly once. Returns `num`.
+fn check_shards(shards: &[ShardRun]) -> Result<usize> {
+    let first = &shards[0];
+    for s in &shards[1..] {
+        let mut diff = Vec::new();
+        differences(&first.identity(), &s.identity(), "", &mut diff);
+        if !diff.is_empty() {
+            return Err(Error::arg(format!(
+                "shards {} and {} are not of the same run: they differ in {}",
+                first.dir.display(),
+                s.dir.display(),
+                diff.join(", ")
+            )));
+        }
+    }
+    let count = first.count;
+    let given: Vec<String> = shards
+        .iter()
+        .map(|s| format!("{}/{count}", s.index))
+        .collect();
+    if let Some(missing) = (0..count).find(|i| !shards.iter().any(|s| s.index == *i)) {
+        return Err(Error::arg(format!(
+            "shard {missing}/{count} is missing (given: {})",
+            given.join(", ")
+        )));
+    }
+    if shards.len() != count {
+        return Err(Error::arg(format!(
+            "a shard is given twice (given: {})",
+            given.join(", ")
+        )));
+    }
+    let num = first.summary["num"].as_u64().unwrap_or(0) as usize;
+    let all: Vec<usize> = shards
+        .iter()
+        .flat_map(|s| s.samples.iter().copied())
+        .collect();
+    if all != (0..num).collect::<Vec<_>>() {
+        return Err(Error::arg(format!(
+            "the shards do not hold samples 0..{num} exactly once"
+        )));
+    }
+    Ok(num)
 }
 
 /// Copy every file under `from` to the same place under `to`.
