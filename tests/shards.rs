@@ -200,3 +200,40 @@ fn shards_that_do_not_form_one_run_are_refused() {
     ]);
     assert!(!ok && log.contains("summary.json"), "{log}");
 }
+
+/// The one-machine recipe of docs/cluster.md: xargs starts the shards as concurrent processes,
+/// then merge; the result equals the whole run.
+#[test]
+fn concurrent_shard_processes_by_xargs_merge_into_the_whole_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    sample(&whole, &[]);
+    let bin = env!("CARGO_BIN_EXE_uqengine");
+    let script = format!(
+        "seq 0 2 | xargs -P 3 -I{{}} {bin} sample --num 10 --batch 3 --steps 3 --draws 2 --seed 4 --device cpu \
+         --shard {{}}/3 --out {}/s{{}}",
+        tmp.path().display()
+    );
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let merged = tmp.path().join("merged");
+    let shards: Vec<_> = (0..3).map(|i| tmp.path().join(format!("s{i}"))).collect();
+    let mut args = vec!["merge", "--out", arg(&merged)];
+    args.extend(shards.iter().map(|p| arg(p)));
+    let (ok, log) = uqengine_cli(&args);
+    assert!(ok, "{log}");
+    for f in ["samples.npy", "scores.csv", "scores.json"] {
+        assert!(
+            bytes(&whole.join(f)) == bytes(&merged.join(f)),
+            "{f} differs"
+        );
+    }
+}
