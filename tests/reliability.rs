@@ -71,9 +71,8 @@ fn config_values_that_cannot_work_are_errors_naming_the_key() {
     ] {
         let dir = tmp.path().join(key);
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["diffusion_pytorch_model.safetensors"] {
-            std::fs::copy(fixture(MODEL).join(f), dir.join(f)).unwrap();
-        }
+        let weights = "diffusion_pytorch_model.safetensors";
+        std::fs::copy(fixture(MODEL).join(weights), dir.join(weights)).unwrap();
         let mut cfg: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixture(MODEL).join("config.json")).unwrap(),
         )

@@ -99,12 +99,12 @@ pub fn prdc(real: &FeatureSet, fake: &FeatureSet, k: usize) -> Result<Prdc> {
                 let hi = (lo + COLUMNS_PER_BLOCK).min(fake.n);
                 for (c, &i) in chunk.iter().enumerate() {
                     let x = real.row(i);
-                    for j in lo..hi {
+                    for (j, &r_j) in r_fake.iter().enumerate().take(hi).skip(lo) {
                         let d = dist2(x, fake.row(j));
                         if d < r_real[i] {
                             acc.held[j] += 1;
                         }
-                        if d < r_fake[j] {
+                        if d < r_j {
                             recalled[c] = true;
                         }
                         nearest[c] = nearest[c].min(d);
