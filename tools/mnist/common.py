@@ -106,6 +106,41 @@ def load_classifier(path=None):
     return model.eval()
 
 
+class DigitMLP(torch.nn.Module):
+    """Second evaluation judge, of a different architecture from DigitCNN and independent of the
+    shipped CLIP model and of the sampler: a plain MLP on the 1,024 pixels.
+
+    Input: float [N,1,32,32] in [0, 1] (as DigitCNN). 1024 -> 256 -> 64 (ReLU after each) -> 10;
+    `features(x)` is the 64-d second hidden layer (after ReLU), `forward` gives 10 logits."""
+
+    FEATURE_DIM = 64
+    HIDDEN = 256
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(32 * 32, self.HIDDEN)
+        self.fc2 = torch.nn.Linear(self.HIDDEN, self.FEATURE_DIM)
+        self.drop = torch.nn.Dropout(0.2)
+        self.head = torch.nn.Linear(self.FEATURE_DIM, 10)
+
+    def features(self, x):
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.relu(self.fc2(self.drop(x)))
+
+    def forward(self, x):
+        return self.head(self.drop(self.features(x)))
+
+
+def load_judge_mlp(path=None):
+    """The trained DigitMLP (eval mode) from data/mnist/judge_mlp.pt."""
+    path = path or os.path.join(DATA, "judge_mlp.pt")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} missing: run tools/mnist/train_judge_mlp.py first")
+    model = DigitMLP()
+    model.load_state_dict(torch.load(path, map_location="cpu")["state_dict"])
+    return model.eval()
+
+
 class Log:
     """Print with elapsed seconds, flushed (the scripts run under nohup)."""
 
