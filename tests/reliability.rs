@@ -367,3 +367,34 @@ fn a_damaged_batch_is_computed_again_on_resume() {
         );
     }
 }
+
+#[test]
+fn an_inconsistent_safetensors_entry_is_named_and_a_huge_num_is_refused() {
+    let header = br#"{"good":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"conv.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[4,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    let Err(e) = uqengine::models::weights::Weights::from_bytes(&bytes, Path::new("m.safetensors"))
+    else {
+        panic!("an inconsistent entry was accepted");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("m.safetensors") && e.contains("conv.weight"),
+        "{e}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (ok, log) = uqengine_cli(&[
+        "sample",
+        "--num",
+        "200000000000",
+        "--device",
+        "cpu",
+        "--out",
+        arg(&out),
+    ]);
+    assert!(!ok && log.contains("--num 200000000000"), "{log}");
+    assert!(!out.exists());
+}

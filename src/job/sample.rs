@@ -22,6 +22,9 @@ use crate::pipeline::{ClassChoice, Generator};
 use crate::sampler::SamplerKind;
 use crate::uncertainty::Estimator;
 
+/// The most samples one run may have (its per-sample tables are built up front).
+pub const MAX_SAMPLES_PER_RUN: usize = 100_000_000;
+
 /// Settings of a sample run.
 #[derive(Clone, Debug)]
 pub struct SampleJob {
@@ -95,6 +98,12 @@ impl SampleJob {
     fn validate(&self) -> Result<()> {
         if self.num == 0 {
             return Err(Error::arg("--num must be at least 1 (got 0)"));
+        }
+        if self.num > MAX_SAMPLES_PER_RUN {
+            return Err(Error::arg(format!(
+                "--num {} is more than {MAX_SAMPLES_PER_RUN} samples in one run: split it into runs of different seeds",
+                self.num
+            )));
         }
         if self.batch == 0 {
             return Err(Error::arg("--batch must be at least 1 (got 0)"));

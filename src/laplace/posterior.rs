@@ -384,8 +384,14 @@ impl Posterior {
             path: path.to_path_buf(),
             msg,
         };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| st_err(e.to_string()))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| st_err(e.to_string()))?;
+        let explain = |e: safetensors::SafeTensorError| {
+            st_err(crate::models::weights::explain_safetensors_error(
+                &bytes,
+                &e.to_string(),
+            ))
+        };
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(explain)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(explain)?;
         let empty = HashMap::new();
         let meta = header.metadata().as_ref().unwrap_or(&empty);
         let config_err = |key: &str, msg: String| Error::Config {

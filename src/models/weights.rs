@@ -30,6 +30,44 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The safetensors reader's message, with the tensor it is about when the message does not name
+/// one (an entry whose shape and dtype do not match its data offsets, or whose data lies outside
+/// the file).
+pub fn explain_safetensors_error(bytes: &[u8], msg: &str) -> String {
+    let tensor = (|| {
+        let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+        let header: serde_json::Value =
+            serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+        let data_len = bytes.len() - 8 - n;
+        for (name, info) in header.as_object()? {
+            if name == "__metadata__" {
+                continue;
+            }
+            let size = match info["dtype"].as_str()? {
+                "F64" | "I64" | "U64" => 8,
+                "F32" | "I32" | "U32" => 4,
+                "F16" | "BF16" | "I16" | "U16" => 2,
+                _ => 1,
+            };
+            let elems = info["shape"]
+                .as_array()?
+                .iter()
+                .try_fold(1u64, |acc, d| acc.checked_mul(d.as_u64()?));
+            let offsets = info["data_offsets"].as_array()?;
+            let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+            let fits = end >= start && end as usize <= data_len;
+            if !fits || elems.and_then(|e| e.checked_mul(size)) != Some(end - start) {
+                return Some(name.clone());
+            }
+        }
+        None
+    })();
+    match tensor {
+        Some(name) if !msg.contains(&name) => format!("{msg} (tensor `{name}`: its shape, dtype and data offsets do not agree with each other or with the file size)"),
+        _ => msg.to_string(),
+    }
+}
+
 impl Weights {
     /// Read and convert every tensor of `path`. Truncated or corrupted files, unsupported dtypes
     /// and non-finite values are errors naming the file (and key).
@@ -42,7 +80,7 @@ impl Weights {
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            msg: explain_safetensors_error(bytes, &e.to_string()),
         })?;
         let mut tensors = HashMap::new();
         let mut dtype = String::new();
