@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use super::FeatureSet;
 use crate::error::{Error, Result};
-use crate::image::HwcImage;
 use crate::io::fs::write_atomic;
 use crate::io::images_in::list_images;
 use crate::io::members::load_png_u8;
@@ -41,12 +40,7 @@ pub fn encode_images(clip: &ClipVision, paths: &[PathBuf]) -> Result<FeatureSet>
             .iter()
             .map(|p| load_png_u8(p))
             .collect::<Result<Vec<_>>>()?;
-        let views = imgs
-            .iter()
-            .map(|(px, h, w, c)| HwcImage::new(*h, *w, *c, px))
-            .collect::<Result<Vec<_>>>()?;
-        let t = clip.embed_images_u8(&views)?;
-        data.extend(clip.backend().download(&t)?);
+        data.extend(clip.features_of_decoded(&imgs)?);
     }
     FeatureSet::new("encoded images", paths.len(), clip.dim(), data)
 }

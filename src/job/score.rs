@@ -11,7 +11,6 @@ use super::run_dir::RunDir;
 use super::JobReport;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::image::HwcImage;
 use crate::io::members;
 use crate::keep::KeepPolicy;
 use crate::models::clip::ClipVision;
@@ -58,12 +57,7 @@ impl ScoreJob {
                     imgs.push(img);
                 }
             }
-            let views = imgs
-                .iter()
-                .map(|(p, h, w, c)| HwcImage::new(*h, *w, *c, p))
-                .collect::<Result<Vec<_>>>()?;
-            let t = clip.embed_images_u8(&views)?;
-            features.extend(clip.backend().download(&t)?);
+            features.extend(clip.features_of_decoded(&imgs)?);
         }
         let scored = ScoredSet {
             indices: &set.indices,

@@ -371,6 +371,20 @@ impl ClipVision {
         Ok(y.reshape(vec![n, c.projection_dim]))
     }
 
+    /// Features `[n * projection_dim]` (on the host) of decoded 8-bit images given as
+    /// `(pixels HWC, height, width, channels)`, as image files are read.
+    pub fn features_of_decoded(
+        &self,
+        images: &[(Vec<u8>, usize, usize, usize)],
+    ) -> Result<Vec<f32>> {
+        let views = images
+            .iter()
+            .map(|(px, h, w, c)| HwcImage::new(*h, *w, *c, px))
+            .collect::<Result<Vec<_>>>()?;
+        let t = self.embed_images_u8(&views)?;
+        self.backend().download(&t)
+    }
+
     /// Preprocess 8-bit images (HWC, 1 or 3 channels) with the model's preprocessing and embed
     /// them: `[n, projection_dim]`.
     pub fn embed_images_u8(&self, images: &[HwcImage<u8>]) -> Result<Tensor> {
