@@ -179,6 +179,10 @@ struct SampleArgs {
     /// Weight draws M (K = M + 1 members per sample, MAP first).
     #[arg(long, default_value_t = 5)]
     draws: usize,
+    /// Seed of the posterior's weight draws (default: --seed). Another draw seed with the same
+    /// --seed keeps the noise and draws other members: how much a score depends on the draws.
+    #[arg(long, value_name = "SEED")]
+    draw_seed: Option<u64>,
     #[command(flatten)]
     features: FeatureArgs,
     /// Also list (keep.txt) and copy (keep/) the N most certain samples.
@@ -424,6 +428,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
                 let mut u =
                     UncertaintySettings::new(p, extractor_dir(&a.features.extractor, builtin)?);
                 u.draws = a.draws;
+                u.draw_seed = a.draw_seed;
                 u.estimator = Estimator::GaussianEntropy(EntropyOptions {
                     sigma2: a.features.sigma2,
                 });
@@ -440,8 +445,8 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
             }
         }
     };
-    if uncertainty.is_none() && (a.keep.is_some() || a.save_members) {
-        bail!("--keep and --save-members need a posterior (--posterior FILE)");
+    if uncertainty.is_none() && (a.keep.is_some() || a.save_members || a.draw_seed.is_some()) {
+        bail!("--keep, --save-members and --draw-seed need a posterior (--posterior FILE)");
     }
     if uncertainty.is_none() && a.uq_schedule != "full" {
         bail!("--uq-schedule {} schedules the posterior's members: it needs a posterior (--posterior FILE)", a.uq_schedule);

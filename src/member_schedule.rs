@@ -17,6 +17,10 @@
 //!   integer step index), then split and run `full` for the rest.
 //! - `shared-trunk`: `SharedTrunk` at every step: one trunk plus `K` last layers per step.
 //! - `shared-trunk:L`: the MAP trajectory for all but the last `L` steps, `SharedTrunk` for them.
+//! - `early-full:F`: `full` for the first `round(F * steps)` steps (a fraction in (0, 1)) or
+//!   the first `F` steps (an index), then `SharedTrunk` for the rest: the members diverge where
+//!   the trunk's response to their own inputs matters most (high noise), and the late steps cost
+//!   one trunk per sample.
 
 use crate::error::{Error, Result};
 
@@ -48,14 +52,16 @@ pub enum MemberSchedule {
     /// One trunk per sample and step on the MAP member's input; `Some(L)`: only for the last
     /// `L` steps, the MAP trajectory before.
     SharedTrunk(Option<usize>),
+    /// `full` until the split point, `SharedTrunk` after it.
+    EarlyFull(SplitPoint),
 }
 
 impl MemberSchedule {
-    /// Parse `full`, `branch:F`, `shared-trunk` or `shared-trunk:L`.
+    /// Parse `full`, `branch:F`, `shared-trunk`, `shared-trunk:L` or `early-full:F`.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::arg(format!(
-                "--uq-schedule {s}: {why} (expected full, branch:F with F a fraction in [0, 1) or a step index, shared-trunk, or shared-trunk:L)"
+                "--uq-schedule {s}: {why} (expected full, branch:F with F a fraction in [0, 1) or a step index, shared-trunk, shared-trunk:L, or early-full:F with F a fraction in (0, 1) or a step index)"
             ))
         };
         let (name, arg) = match s.split_once(':') {
@@ -77,6 +83,22 @@ impl MemberSchedule {
                     .map_err(|_| bad("the step index is not a non-negative integer"))?;
                 Ok(MemberSchedule::Branch(SplitPoint::Step(step)))
             }
+            ("early-full", Some(a)) if a.contains('.') => {
+                let f: f64 = a.parse().map_err(|_| bad("the fraction is not a number"))?;
+                if !(f > 0.0 && f < 1.0) {
+                    return Err(bad("the fraction must lie in (0, 1)"));
+                }
+                Ok(MemberSchedule::EarlyFull(SplitPoint::Fraction(f)))
+            }
+            ("early-full", Some(a)) => {
+                let step: usize = a
+                    .parse()
+                    .map_err(|_| bad("the step index is not a positive integer"))?;
+                if step == 0 {
+                    return Err(bad("the step index must be at least 1"));
+                }
+                Ok(MemberSchedule::EarlyFull(SplitPoint::Step(step)))
+            }
             ("shared-trunk", None) => Ok(MemberSchedule::SharedTrunk(None)),
             ("shared-trunk", Some(a)) => {
                 let last: usize = a.parse().map_err(|_| bad("L is not a positive integer"))?;
@@ -97,6 +119,8 @@ impl MemberSchedule {
             MemberSchedule::Branch(SplitPoint::Step(s)) => format!("branch:{s}"),
             MemberSchedule::SharedTrunk(None) => "shared-trunk".into(),
             MemberSchedule::SharedTrunk(Some(l)) => format!("shared-trunk:{l}"),
+            MemberSchedule::EarlyFull(SplitPoint::Fraction(f)) => format!("early-full:{f:?}"),
+            MemberSchedule::EarlyFull(SplitPoint::Step(s)) => format!("early-full:{s}"),
         }
     }
 
@@ -109,32 +133,45 @@ impl MemberSchedule {
                 self.name()
             ))
         };
-        let (map_steps, rest) = match *self {
-            MemberSchedule::Full => (0, StepMode::Full),
+        let at = |point: SplitPoint| match point {
+            SplitPoint::Fraction(f) => (f * steps as f64).round() as usize,
+            SplitPoint::Step(s) => s,
+        };
+        // Map before `map_steps`; the split step (all members at the same input: one trunk
+        // serves them all); Full before `full_end`; SharedTrunk after.
+        let (map_steps, full_end) = match *self {
+            MemberSchedule::Full => (0, steps),
             MemberSchedule::Branch(point) => {
-                let at = match point {
-                    SplitPoint::Fraction(f) => (f * steps as f64).round() as usize,
-                    SplitPoint::Step(s) => s,
-                };
+                let at = at(point);
                 if at >= steps {
                     return Err(outside(format!("the branch point (step {at})")));
                 }
-                (at, StepMode::Full)
+                (at, steps)
             }
-            MemberSchedule::SharedTrunk(None) => (0, StepMode::SharedTrunk),
+            MemberSchedule::SharedTrunk(None) => (0, 0),
             MemberSchedule::SharedTrunk(Some(last)) => {
                 if last > steps {
                     return Err(outside(format!("L = {last}")));
                 }
-                (steps - last, StepMode::SharedTrunk)
+                (steps - last, 0)
+            }
+            MemberSchedule::EarlyFull(point) => {
+                let end = at(point);
+                if end >= steps || end == 0 {
+                    return Err(outside(format!("the end of the full part (step {end})")));
+                }
+                (0, end)
             }
         };
         Ok((0..steps)
-            .map(|i| match i.cmp(&map_steps) {
-                std::cmp::Ordering::Less => StepMode::Map,
-                // All members have the same input at the split: one trunk serves them all.
-                std::cmp::Ordering::Equal => StepMode::SharedTrunk,
-                std::cmp::Ordering::Greater => rest,
+            .map(|i| {
+                if i < map_steps {
+                    StepMode::Map
+                } else if i > map_steps && i < full_end {
+                    StepMode::Full
+                } else {
+                    StepMode::SharedTrunk
+                }
             })
             .collect())
     }

@@ -42,12 +42,24 @@ fn schedules_give_the_documented_step_modes() {
         vec![Map, Map, SharedTrunk, SharedTrunk]
     );
     assert_eq!(modes("shared-trunk:4", 4), modes("shared-trunk", 4));
+    assert_eq!(
+        modes("early-full:3", 5),
+        vec![SharedTrunk, Full, Full, SharedTrunk, SharedTrunk]
+    );
+    // 0.3 of 10 steps: full for the first 3.
+    assert_eq!(modes("early-full:0.3", 10), {
+        let mut m = vec![SharedTrunk, Full, Full];
+        m.extend([SharedTrunk; 7]);
+        m
+    });
     for name in [
         "full",
         "branch:0.25",
         "branch:7",
         "shared-trunk",
         "shared-trunk:3",
+        "early-full:0.2",
+        "early-full:5",
     ] {
         assert_eq!(MemberSchedule::parse(name).unwrap().name(), name);
     }
@@ -61,6 +73,7 @@ fn schedules_give_the_documented_step_modes() {
     assert_eq!(rows("full"), 1 + 49 * 6);
     assert_eq!(rows("branch:40"), 40 + 1 + 9 * 6);
     assert_eq!(rows("shared-trunk"), 50);
+    assert_eq!(rows("early-full:5"), 1 + 4 * 6 + 45);
 }
 
 #[test]
@@ -74,6 +87,10 @@ fn bad_schedules_are_errors_naming_them() {
         ("shared-trunk:0", "at least 1"),
         ("shared-trunk:two", "L"),
         ("full:3", "unknown schedule"),
+        ("early-full", "unknown schedule"),
+        ("early-full:0", "at least 1"),
+        ("early-full:1.0", "(0, 1)"),
+        ("early-full:0.0", "(0, 1)"),
     ] {
         let e = MemberSchedule::parse(s).unwrap_err().to_string();
         assert!(e.contains(s) && e.contains(needle), "{s}: {e}");
@@ -82,6 +99,8 @@ fn bad_schedules_are_errors_naming_them() {
         ("branch:10", 10, "step 10"),
         ("branch:0.99", 10, "step 10"),
         ("shared-trunk:11", 10, "L = 11"),
+        ("early-full:10", 10, "step 10"),
+        ("early-full:0.01", 10, "step 0"),
     ] {
         let e = MemberSchedule::parse(s)
             .unwrap()
@@ -191,13 +210,14 @@ fn generate(be: &dyn Backend, schedule: &str) -> Vec<f32> {
     g.run(&input(&unet), |_| {}).unwrap()
 }
 
-const SCHEDULES: [&str; 6] = [
+const SCHEDULES: [&str; 7] = [
     "full",
     "branch:2",
     "branch:0.25",
     "branch:3",
     "shared-trunk",
     "shared-trunk:2",
+    "early-full:2",
 ];
 
 #[test]
@@ -223,7 +243,7 @@ fn every_schedule_matches_its_definition_on_the_cpu() {
 #[test]
 fn every_schedule_runs_on_the_emulated_cuda_backend() {
     let (be, _) = uqengine::backend::cuda::select_backend("emu").unwrap();
-    for schedule in ["full", "branch:2", "shared-trunk"] {
+    for schedule in ["full", "branch:2", "shared-trunk", "early-full:2"] {
         let got = generate(be.as_ref(), schedule);
         let want = reference(schedule);
         println!(
@@ -291,4 +311,57 @@ fn sample_records_the_schedule_and_refuses_bad_ones_without_output() {
             "{extra:?} left output"
         );
     }
+}
+
+/// `--draw-seed` draws other members from the same noise: the MAP samples are the run's, the
+/// scores change; the run's own seed as draw seed is the default.
+#[test]
+fn draw_seed_changes_the_members_not_the_samples() {
+    use common::{arg, uqengine_cli};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let base = [
+            "sample",
+            "--num",
+            "3",
+            "--steps",
+            "3",
+            "--draws",
+            "2",
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            arg(&out),
+        ];
+        let (ok, log) = uqengine_cli(&[&base[..], extra].concat());
+        assert!(ok, "{log}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let samples = std::fs::read(out.join("samples.npy")).unwrap();
+        let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+        let mut lines = csv.lines();
+        let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = head.iter().position(|h| *h == "uncertainty").unwrap();
+        let scores: Vec<f64> = lines
+            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+            .collect();
+        (summary, samples, scores)
+    };
+    let (s0, x0, u0) = run("default", &[]);
+    let (s4, x4, u4) = run("same", &["--draw-seed", "4"]);
+    let (s9, x9, u9) = run("other", &["--draw-seed", "9"]);
+    assert_eq!(s0["uncertainty"]["draw_seed"], 4);
+    assert_eq!(s9["uncertainty"]["draw_seed"], 9);
+    assert_eq!(s4["uncertainty"]["draw_seed"], 4);
+    assert_eq!(x0, x4);
+    assert_eq!(u0, u4);
+    assert_eq!(x0, x9, "the MAP samples do not depend on the draws");
+    assert!(
+        u0.iter().zip(&u9).all(|(a, b)| (a - b).abs() > 1e-6),
+        "other draws, other scores: {u0:?} {u9:?}"
+    );
 }

@@ -130,8 +130,9 @@ impl SampleInputs {
                 let posterior = Posterior::load(&u.posterior)?;
                 let posterior_fingerprint = file_fingerprint(&u.posterior)?;
                 posterior.check_model(&unet)?;
+                let draw_seed = u.draw_seed.unwrap_or(job.seed);
                 for m in 0..u.draws {
-                    let (w, bias) = posterior.draw(job.seed, m);
+                    let (w, bias) = posterior.draw(draw_seed, m);
                     members.push(backend.prepare_conv(unet.conv_out.spec, &w, Some(&bias))?);
                 }
                 let extractor = ClipVision::load(backend.clone(), &u.extractor)?;

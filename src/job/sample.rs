@@ -59,6 +59,9 @@ pub struct UncertaintySettings {
     pub posterior: PathBuf,
     /// Weight draws `M`; every sample runs as `K = M + 1` members (MAP first).
     pub draws: usize,
+    /// Seed of the posterior's weight draws; `None`: the run's seed. Another draw seed with the
+    /// same run seed gives the same noise and other members.
+    pub draw_seed: Option<u64>,
     /// Feature extractor: a Hugging Face `CLIPVisionModelWithProjection` directory.
     pub extractor: PathBuf,
     /// How member features become one score per sample.
@@ -83,6 +86,7 @@ impl UncertaintySettings {
         UncertaintySettings {
             posterior,
             draws: 5,
+            draw_seed: None,
             extractor,
             estimator: Estimator::default(),
             quantize: true,
@@ -157,6 +161,7 @@ impl SampleJob {
                 "extractor": u.extractor.display().to_string(),
                 "extractor_fingerprint": inputs.uncertainty.as_ref().map(|uq| uq.extractor.fingerprint().to_string()),
                 "draws": u.draws,
+                "draw_seed": u.draw_seed.unwrap_or(self.seed),
                 "quantize": u.quantize,
                 "save_members": u.save_members,
                 "uq_schedule": u.schedule.name(),
@@ -338,6 +343,7 @@ impl SampleJob {
             "extractor": u.extractor.display().to_string(),
             "extractor_fingerprint": uq.extractor.fingerprint(),
             "seconds_features": feature_seconds,
+            "draw_seed": u.draw_seed.unwrap_or(self.seed),
             "uq_schedule": u.schedule.name(),
             "trunk_rows_per_sample": u.schedule.trunk_rows_per_sample(self.steps, k)?,
         })
