@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         uncertainty: Some(uncertainty),
         max_samples_per_pass: None,
         shard: None,
+        on_non_finite: Default::default(),
     };
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let report = job.run(backend, &mut |p| {

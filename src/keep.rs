@@ -85,7 +85,14 @@ pub fn class_quotas(counts: &BTreeMap<usize, usize>, n: usize) -> BTreeMap<usize
 
 /// Sample indices of the kept set under `policy`, most certain first (ascending `rank`).
 /// Per class needs every row to have a class.
+/// Rows whose uncertainty is NaN (samples marked invalid) are never kept.
 pub fn select(rows: &[ScoreRow], n: usize, policy: KeepPolicy) -> Result<Vec<usize>> {
+    let valid: Vec<ScoreRow> = rows
+        .iter()
+        .filter(|r| !r.uncertainty.is_nan())
+        .cloned()
+        .collect();
+    let rows = &valid[..];
     match policy {
         KeepPolicy::Global => Ok(keep_list(rows, n)),
         KeepPolicy::PerClass => {

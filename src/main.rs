@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
-use uqengine::job::{scheduler_config, Progress, SampleJob, ScoreJob, Shard, UncertaintySettings};
+use uqengine::job::{
+    scheduler_config, NonFinite, Progress, SampleJob, ScoreJob, Shard, UncertaintySettings,
+};
 use uqengine::keep::KeepPolicy;
 use uqengine::laplace::{FitOptions, FitSet, Hessian};
 use uqengine::member_schedule::MemberSchedule;
@@ -199,6 +201,11 @@ struct SampleArgs {
     /// layers), shared-trunk:L (the MAP trajectory, then shared-trunk for the last L steps).
     #[arg(long, value_name = "NAME", default_value = "full")]
     uq_schedule: String,
+    /// What a sample whose member, feature or score is not finite (NaN, Inf) does: error (stop,
+    /// naming the sample) or mark (nan in the score table, ranked last, never kept, listed as
+    /// invalid_samples in summary.json).
+    #[arg(long, value_name = "error|mark", default_value = "error")]
+    on_non_finite: String,
     /// Run only shard i of n (i/n, 0 <= i < n): a contiguous range of the run's batches, computed
     /// exactly as in the whole run. `uqengine merge` builds the run from the n shard folders.
     /// One process per GPU: --shard i/n --device cuda:i.
@@ -454,6 +461,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
     if a.keep_policy.is_some() && a.keep.is_none() {
         bail!("--keep-policy chooses the kept set: it needs --keep N");
     }
+    let on_non_finite = NonFinite::parse(&a.on_non_finite)?;
     let job = SampleJob {
         model_dir: model_dir(&a.model)?,
         out_dir: a.out.clone(),
@@ -469,6 +477,7 @@ fn cmd_sample(a: SampleArgs) -> Result<()> {
         uncertainty,
         max_samples_per_pass: None,
         shard: a.shard.as_deref().map(Shard::parse).transpose()?,
+        on_non_finite,
     };
     let (bar, mut on_progress) = progress_bar();
     let report = job.run(be.clone(), &mut on_progress)?;

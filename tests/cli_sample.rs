@@ -162,6 +162,7 @@ fn split_passes_give_the_same_samples() {
             uncertainty: None,
             max_samples_per_pass: pass,
             shard: None,
+            on_non_finite: Default::default(),
         };
         job.run(Arc::new(CpuBackend::new()), &mut |_| {}).unwrap();
         out.push(

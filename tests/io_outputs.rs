@@ -221,8 +221,17 @@ fn json_round_trips_rows_and_metadata() {
     assert!(doc["rows"][1]["class"].is_null());
     assert_eq!(doc["rows"][0]["seed"].as_u64(), Some(u64::MAX));
 
+    // A sample marked invalid (NaN) is `null` and reads back as NaN; infinity is refused.
     rows[0].uncertainty = f64::NAN;
-    assert!(write_json(&path, &rows, serde_json::Value::Null).is_err());
+    write_json(&path, &rows, serde_json::Value::Null).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(doc["rows"][0]["uncertainty"].is_null());
+    let (back, _) = read_json(&path).unwrap();
+    assert!(back[0].uncertainty.is_nan() && back[1..] == rows[1..]);
+    rows[0].uncertainty = f64::INFINITY;
+    let e = write_json(&path, &rows, serde_json::Value::Null).unwrap_err();
+    assert!(e.to_string().contains("cannot represent"), "{e}");
 }
 
 #[test]

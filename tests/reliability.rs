@@ -62,6 +62,95 @@ fn non_finite_noise_is_an_error_naming_the_sample() {
     assert!(!out.exists() && !tmp.path().join("out.partial").exists());
 }
 
+/// A sample the model turns into NaN (finite noise far beyond float range inside the network):
+/// an error naming it by default; with `--on-non-finite mark` the run finishes, the sample's
+/// score is `nan`, it ranks last and is never kept, and summary.json lists it.
+#[test]
+fn non_finite_samples_fail_the_run_or_are_marked_invalid_and_never_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let post = fit(tmp.path(), "data", 3);
+    let noise = tmp.path().join("noise.npy");
+    let mut z: Vec<f32> = (0..4 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    z[64..128].fill(3.0e38);
+    uqengine::io::npy::write_f32(&noise, &[4, 1, 8, 8], &z).unwrap();
+    let (model, clip) = (fixture(MODEL), fixture("clip/gray_gelu_f16/model"));
+    let run = |out: &Path, extra: &[&str]| {
+        let base = [
+            "sample",
+            "--model",
+            arg(&model),
+            "--posterior",
+            arg(&post),
+            "--extractor",
+            arg(&clip),
+            "--num",
+            "4",
+            "--steps",
+            "3",
+            "--draws",
+            "2",
+            "--noise",
+            arg(&noise),
+            "--keep",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            arg(out),
+        ];
+        uqengine_cli(&[&base[..], extra].concat())
+    };
+    let failed = tmp.path().join("failed");
+    let (ok, log) = run(&failed, &[]);
+    assert!(
+        !ok && log.contains("sample 1")
+            && log.contains("not finite")
+            && log.contains("--on-non-finite mark"),
+        "{log}"
+    );
+    assert!(!failed.exists());
+
+    let out = tmp.path().join("marked");
+    let (ok, log) = run(&out, &["--on-non-finite", "mark"]);
+    assert!(
+        ok && log.contains("sample 1") && log.contains("marked invalid"),
+        "{log}"
+    );
+    let rows = uqengine::io::scores::read_csv(&out.join("scores.csv")).unwrap();
+    assert!(rows[1].uncertainty.is_nan(), "{:?}", rows[1]);
+    assert_eq!(rows[1].rank, 3, "an invalid sample ranks last");
+    assert_eq!(rows[1].kept, Some(false));
+    assert!(rows
+        .iter()
+        .filter(|r| r.index != 1)
+        .all(|r| r.uncertainty.is_finite() && r.kept == Some(true)));
+    let keep = std::fs::read_to_string(out.join("keep.txt")).unwrap();
+    assert!(
+        !keep.contains("00001.png") && keep.lines().count() == 3,
+        "{keep}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["on_non_finite"], "mark");
+    assert_eq!(summary["invalid_samples"], serde_json::json!([1]));
+    assert_eq!(
+        summary["uncertainty"]["invalid_samples"],
+        serde_json::json!([1])
+    );
+    assert!(summary["uncertainty"]["uncertainty_max"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+
+    let (ok, log) = run(&tmp.path().join("bad"), &["--on-non-finite", "skip"]);
+    assert!(
+        !ok && log.contains("--on-non-finite skip") && log.contains("error or mark"),
+        "{log}"
+    );
+}
+
 #[test]
 fn config_values_that_cannot_work_are_errors_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();

@@ -17,12 +17,26 @@ pub struct ScoreRow {
     pub seed: u64,
     /// Class label; `None` for unconditional models.
     pub class: Option<usize>,
-    /// Uncertainty in nats (lower = more certain).
+    /// Uncertainty in nats (lower = more certain); NaN for a sample marked invalid (written
+    /// `NaN` in CSV, `null` in JSON).
+    #[serde(serialize_with = "nan_as_null", deserialize_with = "null_as_nan")]
     pub uncertainty: f64,
     /// Position in ascending uncertainty order (0 = most certain).
     pub rank: usize,
     /// Whether the sample is in the kept set; `None` when the run kept no set.
     pub kept: Option<bool>,
+}
+
+fn nan_as_null<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.is_nan() {
+        s.serialize_none()
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Header line of the CSV table.
@@ -137,10 +151,11 @@ pub fn read_csv(path: &Path) -> Result<Vec<ScoreRow>> {
 }
 
 /// The table as JSON: `{"meta": extra, "rows": [{index, seed, class, uncertainty, rank, kept},
-/// ...]}`, `class` `null` when unconditional, `kept` `null` when the run kept no set. JSON has no
-/// NaN/infinity: such scores are refused.
+/// ...]}`, `class` `null` when unconditional, `kept` `null` when the run kept no set,
+/// `uncertainty` `null` for a sample marked invalid (NaN). JSON has no infinity: such scores are
+/// refused.
 pub fn to_json(rows: &[ScoreRow], extra: serde_json::Value) -> Result<String> {
-    if let Some(r) = rows.iter().find(|r| !r.uncertainty.is_finite()) {
+    if let Some(r) = rows.iter().find(|r| r.uncertainty.is_infinite()) {
         return Err(Error::arg(format!(
             "score of sample {} is {}, which JSON cannot represent",
             r.index, r.uncertainty

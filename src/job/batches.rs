@@ -28,6 +28,8 @@ pub(crate) struct BatchLoop<'a> {
     /// Samples per pass through the model.
     pub pass: usize,
     pub dir: &'a RunDir,
+    /// Mark samples that are not finite invalid instead of failing the run.
+    pub mark_non_finite: bool,
 }
 
 impl BatchLoop<'_> {
@@ -105,18 +107,33 @@ impl BatchLoop<'_> {
                     .run(&input(p), |_| progress(Progress::Advance(samples)))?,
             );
         }
-        if let Some(at) = x.iter().position(|v| !v.is_finite()) {
-            let (j, m) = (at / per / k, at / per % k);
+        // Samples with a member that is not finite: an error naming the first, or (marking)
+        // each is reported and its features are made NaN, which the report marks invalid.
+        let mut invalid = Vec::new();
+        for (j, rows) in x.chunks_exact(k * per).enumerate() {
+            let Some(at) = rows.iter().position(|v| !v.is_finite()) else {
+                continue;
+            };
             let from_noise = if matches!(self.inputs.noise, super::inputs::NoiseSource::Given(_)) {
                 " or the --noise file"
             } else {
                 ""
             };
-            return Err(Error::arg(format!(
-                "sample {} (member {m}) is not finite ({}) after sampling: check the model's config and weights{from_noise}",
+            let what = format!(
+                "sample {} (member {}) is not finite ({}) after sampling",
                 range.start + j,
-                x[at]
+                at / per,
+                rows[at]
+            );
+            if !self.mark_non_finite {
+                return Err(Error::arg(format!(
+                    "{what}: check the model's config and weights{from_noise}, or pass --on-non-finite mark to mark such samples invalid"
+                )));
+            }
+            progress(Progress::Message(format!(
+                "{what}: marked invalid (never kept)"
             )));
+            invalid.push(j);
         }
         let member = |j: usize, m: usize| &x[(j * k + m) * per..(j * k + m + 1) * per];
         let mut written: Vec<String> = Vec::new();
@@ -134,7 +151,11 @@ impl BatchLoop<'_> {
         let mut feature_seconds = 0.0;
         if let (Some(u), Some(uq)) = (self.uncertainty, &self.inputs.uncertainty) {
             let t0 = Instant::now();
-            let f = extract_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
+            let mut f = extract_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
+            let d = uq.extractor.dim();
+            for &j in &invalid {
+                f[j * k * d..(j + 1) * k * d].fill(f32::NAN);
+            }
             feature_seconds = t0.elapsed().as_secs_f64();
             written.push(self.dir.relative(&self.dir.feature_chunk(range.start)));
             npy::write_f32(

@@ -256,6 +256,8 @@ impl MergeJob {
             keep: self.keep,
             keep_policy,
             save_features: settings["save_members"].as_bool().unwrap_or(false),
+            // Shards that marked their non-finite samples invalid are merged the same way.
+            mark_non_finite: first["on_non_finite"].as_str() == Some("mark"),
         };
         Ok(write_report(dir, &set, &opts)?.summary(self.keep, keep_policy))
     }

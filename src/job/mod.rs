@@ -32,7 +32,7 @@ pub use features::extract_features;
 pub use inputs::{find_scheduler_config, scheduler_config};
 pub use merge::MergeJob;
 pub use plan::{plan_pass, Shard};
-pub use sample::{SampleJob, UncertaintySettings};
+pub use sample::{NonFinite, SampleJob, UncertaintySettings};
 pub use score::ScoreJob;
 
 /// Progress of a running job.

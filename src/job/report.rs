@@ -44,6 +44,9 @@ pub(crate) struct ReportOptions<'a> {
     pub keep_policy: KeepPolicy,
     /// Also write the features as `features.npy` `[n, members, dim]`.
     pub save_features: bool,
+    /// A sample with a feature or score that is not finite is marked invalid (`nan` score,
+    /// ranked last, never kept) instead of failing the report.
+    pub mark_non_finite: bool,
 }
 
 /// The report's scores and what the summary says of them.
@@ -54,6 +57,8 @@ pub(crate) struct Report {
     pub meta: Value,
     /// Kept samples per class (class-conditional runs with a kept set).
     pub kept_per_class: Option<BTreeMap<usize, usize>>,
+    /// Samples marked invalid (sample indices), when the report marks them.
+    pub invalid: Option<Vec<usize>>,
 }
 
 impl Report {
@@ -69,6 +74,9 @@ impl Report {
                 .map(|(c, n)| (c.to_string(), json!(n)))
                 .collect();
             m.insert("kept_per_class".into(), Value::Object(per_class));
+        }
+        if let Some(invalid) = &self.invalid {
+            m.insert("invalid_samples".into(), json!(invalid));
         }
         m.insert(
             "uncertainty_min".into(),
@@ -90,9 +98,45 @@ impl Report {
 /// set and features when asked, into `dir`.
 pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) -> Result<Report> {
     let n = set.indices.len();
-    let scores_v = opts
-        .estimator
-        .score(set.features, n, set.members, set.dim)?;
+    let per = set.members * set.dim;
+    let scores_v = if opts.mark_non_finite {
+        // Score the finite samples (the others' features zeroed), then mark the rest.
+        let bad: Vec<bool> = set
+            .features
+            .chunks_exact(per.max(1))
+            .map(|f| f.iter().any(|v| !v.is_finite()))
+            .collect();
+        let mut features = set.features.to_vec();
+        for (f, &b) in features.chunks_exact_mut(per.max(1)).zip(&bad) {
+            if b {
+                f.fill(0.0);
+            }
+        }
+        let mut v = opts.estimator.score(&features, n, set.members, set.dim)?;
+        for (u, &b) in v.iter_mut().zip(&bad) {
+            if b || !u.is_finite() {
+                *u = f64::NAN;
+            }
+        }
+        v
+    } else {
+        let v = opts
+            .estimator
+            .score(set.features, n, set.members, set.dim)?;
+        if let Some(i) = v.iter().position(|u| !u.is_finite()) {
+            return Err(crate::error::Error::arg(format!(
+                "the score of sample {} is not finite ({}); pass --on-non-finite mark to mark such samples invalid",
+                set.indices[i], v[i]
+            )));
+        }
+        v
+    };
+    let invalid: Vec<usize> = scores_v
+        .iter()
+        .zip(set.indices)
+        .filter(|(u, _)| u.is_nan())
+        .map(|(_, &i)| i)
+        .collect();
     let mut rows = scores::rows_from_scores(set.indices, set.seed, set.classes, &scores_v)?;
     let kept = match opts.keep {
         Some(n_keep) => keep::select(&rows, n_keep, opts.keep_policy)?,
@@ -156,6 +200,7 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
         scores: scores_v,
         meta,
         kept_per_class,
+        invalid: opts.mark_non_finite.then_some(invalid),
     })
 }
 

@@ -50,6 +50,40 @@ pub struct SampleJob {
     pub max_samples_per_pass: Option<usize>,
     /// Run only this shard's batches (`uqengine merge` builds the run from all shards).
     pub shard: Option<Shard>,
+    /// What a non-finite sample, member, feature or score does: fail the run (naming the
+    /// sample), or mark the sample invalid and never keep it.
+    pub on_non_finite: NonFinite,
+}
+
+/// What a non-finite value in a sample, member, feature or score does to the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinite {
+    /// The run fails with an error naming the sample (and the input that caused it).
+    #[default]
+    Error,
+    /// The sample is marked invalid: `nan` uncertainty in the score table, ranked last, never
+    /// kept, listed in `summary.json` (`invalid_samples`).
+    Mark,
+}
+
+impl NonFinite {
+    /// Parse `error` or `mark`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "error" => Ok(NonFinite::Error),
+            "mark" => Ok(NonFinite::Mark),
+            _ => Err(Error::arg(format!(
+                "--on-non-finite {s}: expected error or mark"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NonFinite::Error => "error",
+            NonFinite::Mark => "mark",
+        }
+    }
 }
 
 /// Settings of the uncertainty part of a sample run.
@@ -231,6 +265,7 @@ impl SampleJob {
             plan,
             pass,
             dir: &dir,
+            mark_non_finite: self.on_non_finite == NonFinite::Mark,
         };
         let finished = batches.finished(progress);
         let done: usize = plan
@@ -262,6 +297,15 @@ impl SampleJob {
             &map_samples,
         )?;
 
+        // Samples whose MAP member is not finite (only a run that marks them gets here with any;
+        // a member or feature that is not finite is in the score table's invalid rows).
+        let mut invalid_samples: Vec<usize> = plan
+            .batches()
+            .flatten()
+            .zip(map_samples.chunks_exact(c * s * s))
+            .filter(|(_, x)| x.iter().any(|v| !v.is_finite()))
+            .map(|(i, _)| i)
+            .collect();
         let uncertainty_summary = match (&self.uncertainty, &inputs.uncertainty) {
             (Some(u), Some(uq)) => {
                 let mut summary = self.uncertainty_inputs_summary(u, uq, k, feature_seconds)?;
@@ -284,6 +328,12 @@ impl SampleJob {
                         map_samples: &map_samples,
                     };
                     summary.extend(self.report_uncertainty(u, uq, &scored)?);
+                    if let Some(Value::Array(invalid)) = summary.get("invalid_samples") {
+                        invalid_samples = invalid
+                            .iter()
+                            .filter_map(|v| v.as_u64().map(|i| i as usize))
+                            .collect();
+                    }
                 }
                 Value::Object(summary)
             }
@@ -303,6 +353,8 @@ impl SampleJob {
             "backend": backend.name(),
             "classes": inputs.classes,
             "resumed_samples": done,
+            "on_non_finite": self.on_non_finite.as_str(),
+            "invalid_samples": invalid_samples,
             "uncertainty": uncertainty_summary,
             "shard": self.shard.map(|s| json!({
                 "index": s.index,
@@ -384,6 +436,7 @@ impl SampleJob {
             keep: u.keep,
             keep_policy,
             save_features: u.save_members,
+            mark_non_finite: self.on_non_finite == NonFinite::Mark,
         };
         Ok(write_report(dir, &set, &opts)?.summary(u.keep, keep_policy))
     }

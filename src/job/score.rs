@@ -78,6 +78,7 @@ impl ScoreJob {
             keep: None,
             keep_policy: KeepPolicy::Global,
             save_features: true,
+            mark_non_finite: false,
         };
         write_report(&dir, &scored, &opts)?;
         let out_dir = dir.publish()?;
