@@ -119,6 +119,50 @@ fn shards_that_do_not_form_one_run_are_refused() {
     }
     let (ok, log) = uqengine_cli(&["merge", "--out", arg(&out), arg(&a), arg(&c)]);
     assert!(ok, "{log}");
+    // A damaged shard (samples.npy of another shape, features of another dimension) is an error
+    // naming the file, never a panic or a garbled merge.
+    let damaged = tmp.path().join("damaged");
+    copy_dir(&c, &damaged);
+    let n = uqengine::io::npy::read(&c.join("samples.npy"))
+        .unwrap()
+        .shape[0];
+    let samples = damaged.join("samples.npy");
+    for (shape, len) in [
+        (vec![n], n),
+        (vec![n, 1, 4, 8], n * 32),
+        (vec![n, 3, 8, 8], n * 192),
+    ] {
+        uqengine::io::npy::write_f32(&samples, &shape, &vec![0.0; len]).unwrap();
+        let (ok, log) = uqengine_cli(&[
+            "merge",
+            "--out",
+            arg(&tmp.path().join("m")),
+            arg(&a),
+            arg(&damaged),
+        ]);
+        assert!(
+            !ok && log.contains("samples.npy has shape"),
+            "{shape:?}: {log}"
+        );
+    }
+    std::fs::copy(c.join("samples.npy"), &samples).unwrap();
+    let f = uqengine::io::npy::read(&c.join("features.npy")).unwrap();
+    let (k, d) = (f.shape[1], f.shape[2]);
+    uqengine::io::npy::write_f32(
+        &damaged.join("features.npy"),
+        &[n, k, d + 1],
+        &vec![0.0; n * k * (d + 1)],
+    )
+    .unwrap();
+    let (ok, log) = uqengine_cli(&[
+        "merge",
+        "--out",
+        arg(&tmp.path().join("m")),
+        arg(&a),
+        arg(&damaged),
+    ]);
+    assert!(!ok && log.contains("features.npy has shape"), "{log}");
+    assert!(!tmp.path().join("m").exists());
     // A run with different steps cannot join.
     let d = tmp.path().join("d");
     let (ok, log) = uqengine_cli(&[
@@ -235,5 +279,17 @@ fn concurrent_shard_processes_by_xargs_merge_into_the_whole_run() {
             bytes(&whole.join(f)) == bytes(&merged.join(f)),
             "{f} differs"
         );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

@@ -125,13 +125,23 @@ impl MergeJob {
         let mut shape = Vec::new();
         for s in &shards {
             let a = npy::read(&s.dir.join("samples.npy"))?;
-            if a.shape.first() != Some(&s.samples.len()) {
+            // [n, c, s, s], the same image shape in every shard.
+            let square = a.shape.len() == 4 && a.shape[2] == a.shape[3];
+            if a.shape.first() != Some(&s.samples.len())
+                || !square
+                || (!shape.is_empty() && shape[1..] != a.shape[1..])
+            {
                 return Err(bad(
                     &s.dir,
                     format!(
-                        "samples.npy has shape {:?} for {} samples",
+                        "samples.npy has shape {:?}, expected [{}, C, S, S]{}",
                         a.shape,
-                        s.samples.len()
+                        s.samples.len(),
+                        if shape.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" as the other shards' {:?}", &shape[1..])
+                        }
                     ),
                 ));
             }
@@ -219,13 +229,22 @@ impl MergeJob {
         let mut dim = 0;
         for s in shards {
             let a = npy::read(&s.dir.join("features.npy"))?;
-            if a.shape.len() != 3 || a.shape[0] != s.samples.len() || a.shape[1] != members {
+            if a.shape.len() != 3
+                || a.shape[0] != s.samples.len()
+                || a.shape[1] != members
+                || (dim != 0 && a.shape[2] != dim)
+            {
                 return Err(bad(
                     &s.dir,
                     format!(
-                        "features.npy has shape {:?}, expected [{}, {members}, D]",
+                        "features.npy has shape {:?}, expected [{}, {members}, {}]",
                         a.shape,
-                        s.samples.len()
+                        s.samples.len(),
+                        if dim == 0 {
+                            "D".to_string()
+                        } else {
+                            dim.to_string()
+                        }
                     ),
                 ));
             }
