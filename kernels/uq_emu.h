@@ -2,13 +2,18 @@
 //
 // The kernel sources in kernels/*.cu compile unchanged for the host with this header (through
 // uq_common.cuh, which includes it when UQ_EMU is defined). Execution model of a launch:
-//   - the threads of one block run concurrently, one persistent OS thread each (a pool that grows
-//     to the largest block size seen and is reused by every launch);
+//   - the threads of one block run as fibers (user-space contexts with their own stacks) on the
+//     launching OS thread: a fiber runs until it waits at a barrier, then the next one runs, so a
+//     barrier costs a few context switches in user space, not OS thread switches;
 //   - blocks run one after another, so `__shared__` can be a function-local `static`;
-//   - `__syncthreads` is a std::barrier over the block, warp operations (shuffles, votes, the
-//     tensor-core fragment helpers of uq_mma.cuh) use one std::barrier per warp;
+//   - `__syncthreads` is a barrier over the block, warp operations (shuffles, votes, the
+//     tensor-core fragment helpers of uq_mma.cuh) use one barrier per warp;
 //   - a thread that returns early drops out of both barriers, as an exited GPU thread does;
+//   - a barrier that can never complete (a thread waits at a `__syncthreads` the others never
+//     reach) aborts the process with a message, where a GPU would hang;
 //   - one launch runs at a time in the process (kernels' static shared memory is process-wide).
+// The fibers switch by a few lines of x86-64 assembly (ucontext elsewhere); under
+// AddressSanitizer the switches are announced to it.
 // Warp operations must be reached by every thread of the warp (our kernels use full masks).
 #pragma once
 
@@ -16,18 +21,27 @@
 #define UQ_EMU 1
 #endif
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <semaphore>
-#include <thread>
 #include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #define __global__
 #define __device__
@@ -68,45 +82,72 @@ constexpr int warpSize = 32;
 
 namespace uq_emu {
 
-/// A reusable barrier whose participants may drop out (an exited thread). State is one atomic
-/// word `expected << 32 | arrived`, so exactly one arrival or drop completes each phase.
-struct Barrier {
-    std::atomic<uint64_t> state{0};
-    std::atomic<unsigned> phase{0};
+// ---- Fibers ---------------------------------------------------------------------------------
 
-    void arm(unsigned expected) { state.store(uint64_t(expected) << 32, std::memory_order_release); }
+#if defined(__x86_64__)
+/// Save the callee-saved registers and the stack pointer in `*save`, continue on `load`.
+__attribute__((naked, noinline)) static void switch_context(void** /*save*/, void* /*load*/) {
+    asm volatile(
+        "pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+        "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+        "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret\n\t");
+}
+#endif
+
+/// One emulated GPU thread: a stack (with a guard page below it) and its saved context.
+struct Fiber {
+    unsigned char* map = nullptr;  // guard page + stack
+    size_t map_bytes = 0;
+    void* sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t ctx;
+#endif
+    unsigned tid = 0;
+    bool done = true;
+
+    static constexpr size_t kStack = 256 * 1024;
+
+    Fiber() {
+        const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        map_bytes = kStack + page;
+        void* m = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            std::fprintf(stderr, "uq_emu: cannot map a %zu-byte fiber stack\n", map_bytes);
+            std::abort();
+        }
+        map = static_cast<unsigned char*>(m);
+        mprotect(map, page, PROT_NONE);  // a stack overflow faults instead of corrupting memory
+    }
+    ~Fiber() { munmap(map, map_bytes); }
+    Fiber(const Fiber&) = delete;
+    Fiber& operator=(const Fiber&) = delete;
+    unsigned char* stack_bottom() const { return map + (map_bytes - kStack); }
+};
+
+/// A reusable barrier whose participants may drop out (an exited thread). All participants are
+/// fibers of one OS thread: waiting is yielding to the scheduler until the phase moves on.
+struct Barrier {
+    unsigned expected = 0, arrived = 0, phase = 0;
+
+    void arm(unsigned n) {
+        expected = n;
+        arrived = 0;
+    }
 
     template <class F>
     void complete(F&& on_complete) {
-        const uint64_t s = state.load(std::memory_order_acquire);
         on_complete();
-        state.store(s & 0xffffffff00000000ull, std::memory_order_release);
-        phase.fetch_add(1, std::memory_order_acq_rel);
-        phase.notify_all();
+        arrived = 0;
+        ++phase;
     }
 
     template <class F>
-    void arrive_and_wait(F&& on_complete) {
-        const unsigned ph = phase.load(std::memory_order_acquire);
-        const uint64_t s = state.fetch_add(1, std::memory_order_acq_rel) + 1;
-        if ((s & 0xffffffffu) == (s >> 32)) {
-            complete(on_complete);
-            return;
-        }
-        for (int spin = 0; spin < 32; ++spin) {
-            if (phase.load(std::memory_order_acquire) != ph) return;
-        }
-        while (phase.load(std::memory_order_acquire) == ph) phase.wait(ph, std::memory_order_acquire);
-    }
+    void arrive_and_wait(F&& on_complete);
     void arrive_and_wait() {
         arrive_and_wait([] {});
     }
 
-    void drop() {
-        const uint64_t s = state.fetch_sub(uint64_t(1) << 32, std::memory_order_acq_rel) - (uint64_t(1) << 32);
-        const uint64_t arrived = s & 0xffffffffu, expected = s >> 32;
-        if (expected > 0 && arrived == expected) complete([] {});
-    }
+    void drop();
 };
 
 /// Barrier and exchange slots of one warp (shuffles, votes, fragment helpers).
@@ -124,7 +165,6 @@ struct LaunchState {
     unsigned char* dyn_smem = nullptr;
     const std::function<void()>* body = nullptr;
     Barrier block_bar;  // __syncthreads
-    Barrier end_bar;    // end of a block; its completion re-arms the others
     std::unique_ptr<Warp[]> warps;
     unsigned nwarps = 0;
 
@@ -141,22 +181,16 @@ inline thread_local LaunchState* tl_launch = nullptr;
 /// Dynamic shared memory of the launch in flight (`extern __shared__` arrays).
 inline unsigned char* dyn_smem() { return tl_launch->dyn_smem; }
 
-/// Persistent worker threads, one per CUDA thread of the largest block seen.
+/// Runs a launch's blocks one after another, each block's threads as fibers.
 class Pool {
   public:
-    ~Pool() {
-        stopping_ = true;
-        for (auto& w : workers_) w->go.release();
-        for (auto& w : workers_) w->thread.join();
-    }
-
     /// Run `body` on `grid` x `block`; returns when every block has finished. One launch at a
     /// time per process.
     void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& body) {
         std::lock_guard<std::mutex> guard(launch_mutex_);
         const unsigned n = block.x * block.y * block.z;
         if (n == 0 || grid.x * grid.y * grid.z == 0) return;
-        grow(n);
+        while (fibers_.size() < n) fibers_.push_back(std::make_unique<Fiber>());
         LaunchState L;
         L.grid = grid;
         L.block = block;
@@ -167,69 +201,163 @@ class Pool {
         L.nwarps = (n + 31) / 32;
         L.warps.reset(new Warp[L.nwarps]);
         for (unsigned w = 0; w < L.nwarps; ++w) L.warps[w].lanes = std::min(32u, n - 32 * w);
-        L.rearm();
-        L.end_bar.arm(n);
-        current_ = &L;
-        for (unsigned t = 0; t < n; ++t) workers_[t]->go.release();
-        for (unsigned t = 0; t < n; ++t) done_.acquire();
-        current_ = nullptr;
-    }
-
-  private:
-    struct Worker {
-        std::thread thread;
-        std::binary_semaphore go{0};
-    };
-    std::vector<std::unique_ptr<Worker>> workers_;
-    std::counting_semaphore<1 << 20> done_{0};
-    LaunchState* current_ = nullptr;
-    std::atomic<bool> stopping_{false};
-    std::mutex launch_mutex_;
-
-    void grow(unsigned n) {
-        while (workers_.size() < n) {
-            const unsigned tid = (unsigned)workers_.size();
-            auto w = std::make_unique<Worker>();
-            Worker* raw = w.get();
-            workers_.push_back(std::move(w));
-            raw->thread = std::thread([this, tid, raw] { serve(tid, raw); });
-        }
-    }
-
-    void serve(unsigned tid, Worker* self) {
-        for (;;) {
-            self->go.acquire();
-            if (stopping_) return;
-            run_thread(*current_, tid);
-            done_.release();
-        }
-    }
-
-    static void run_thread(LaunchState& L, unsigned tid) {
         tl_launch = &L;
-        tl_lane = tid % 32;
-        tl_warp = &L.warps[tid / 32];
-        blockDim = {L.block.x, L.block.y, L.block.z};
-        gridDim = {L.grid.x, L.grid.y, L.grid.z};
-        threadIdx = {tid % L.block.x, (tid / L.block.x) % L.block.y, tid / (L.block.x * L.block.y)};
-        for (unsigned bz = 0; bz < L.grid.z; ++bz)
-            for (unsigned by = 0; by < L.grid.y; ++by)
-                for (unsigned bx = 0; bx < L.grid.x; ++bx) {
+        blockDim = {block.x, block.y, block.z};
+        gridDim = {grid.x, grid.y, grid.z};
+        for (unsigned bz = 0; bz < grid.z; ++bz)
+            for (unsigned by = 0; by < grid.y; ++by)
+                for (unsigned bx = 0; bx < grid.x; ++bx) {
                     blockIdx = {bx, by, bz};
-                    (*L.body)();
-                    // Leaving the kernel: no longer a participant of this block's barriers.
-                    L.block_bar.drop();
-                    tl_warp->bar.drop();
-                    L.end_bar.arrive_and_wait([&L] { L.rearm(); });
+                    run_block(L);
                 }
         tl_launch = nullptr;
         tl_warp = nullptr;
     }
+
+    /// From a fiber: give the OS thread back to the scheduler.
+    void yield() {
+        Fiber& f = *fibers_[current_];
+        switch_to_scheduler(f);
+    }
+
+    /// Something moved (an arrival, a completed phase, an exit): the scheduler is not stuck.
+    void note_progress() { progress_ = true; }
+
+  private:
+    std::vector<std::unique_ptr<Fiber>> fibers_;
+    unsigned current_ = 0, running_ = 0;
+    bool progress_ = false;
+    void* scheduler_sp_ = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t scheduler_ctx_;
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+    const void* scheduler_stack_ = nullptr;
+    size_t scheduler_stack_size_ = 0;
+#endif
+    std::mutex launch_mutex_;
+
+    void run_block(LaunchState& L) {
+        L.rearm();
+        const unsigned n = L.nthreads;
+        for (unsigned t = 0; t < n; ++t) start_fiber(*fibers_[t], t);
+        running_ = n;
+        while (running_ > 0) {
+            progress_ = false;
+            for (unsigned t = 0; t < n; ++t) {
+                Fiber& f = *fibers_[t];
+                if (f.done) continue;
+                current_ = t;
+                tl_lane = t % 32;
+                tl_warp = &L.warps[t / 32];
+                threadIdx = {t % L.block.x, (t / L.block.x) % L.block.y, t / (L.block.x * L.block.y)};
+                switch_to_fiber(f);
+            }
+            if (!progress_ && running_ > 0) {
+                std::fprintf(stderr,
+                             "uq_emu: deadlock in block (%u, %u, %u): %u of %u threads wait at a barrier "
+                             "(__syncthreads or a warp operation) that the others never reach\n",
+                             blockIdx.x, blockIdx.y, blockIdx.z, running_, n);
+                std::abort();
+            }
+        }
+    }
+
+    static void fiber_main();
+
+    void start_fiber(Fiber& f, unsigned tid) {
+        f.tid = tid;
+        f.done = false;
+        unsigned char* top = f.stack_bottom() + Fiber::kStack;
+#if defined(__x86_64__)
+        // Frame popped by switch_context: six callee-saved registers, then the return address
+        // fiber_main; above it a zero "return address" keeps the ABI's 16-byte alignment.
+        void** sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15));
+        *--sp = nullptr;
+        *--sp = reinterpret_cast<void*>(&Pool::fiber_main);
+        for (int i = 0; i < 6; ++i) *--sp = nullptr;
+        f.sp = sp;
+#else
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack_bottom();
+        f.ctx.uc_stack.ss_size = Fiber::kStack;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, &Pool::fiber_main, 0);
+#endif
+    }
+
+    void switch_to_fiber(Fiber& f) {
+#if defined(__SANITIZE_ADDRESS__)
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, f.stack_bottom(), Fiber::kStack);
+#endif
+#if defined(__x86_64__)
+        switch_context(&scheduler_sp_, f.sp);
+#else
+        swapcontext(&scheduler_ctx_, &f.ctx);
+#endif
+        asm volatile("" ::: "memory");  // the fibers changed memory: reload everything
+#if defined(__SANITIZE_ADDRESS__)
+        __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    }
+
+    void switch_to_scheduler(Fiber& f) {
+#if defined(__SANITIZE_ADDRESS__)
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(f.done ? nullptr : &fake, scheduler_stack_, scheduler_stack_size_);
+#endif
+#if defined(__x86_64__)
+        switch_context(&f.sp, scheduler_sp_);
+#else
+        swapcontext(&f.ctx, &scheduler_ctx_);
+#endif
+        asm volatile("" ::: "memory");  // other fibers changed memory: reload everything
+#if defined(__SANITIZE_ADDRESS__)
+        __sanitizer_finish_switch_fiber(fake, &scheduler_stack_, &scheduler_stack_size_);
+#endif
+    }
+
+    friend Pool& pool();
 };
 
 inline Pool& pool() {
     static Pool p;
     return p;
+}
+
+inline void Pool::fiber_main() {
+    Pool& p = pool();
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(nullptr, &p.scheduler_stack_, &p.scheduler_stack_size_);
+#endif
+    LaunchState& L = *tl_launch;
+    (*L.body)();
+    // Leaving the kernel: no longer a participant of this block's barriers.
+    L.block_bar.drop();
+    tl_warp->bar.drop();
+    Fiber& f = *p.fibers_[p.current_];
+    f.done = true;
+    --p.running_;
+    p.note_progress();
+    p.switch_to_scheduler(f);
+    std::abort();  // a finished fiber is never resumed
+}
+
+template <class F>
+inline void Barrier::arrive_and_wait(F&& on_complete) {
+    pool().note_progress();
+    const unsigned ph = phase;
+    if (++arrived == expected) {
+        complete(on_complete);
+        return;
+    }
+    while (phase == ph) pool().yield();
+}
+
+inline void Barrier::drop() {
+    --expected;
+    if (expected > 0 && arrived == expected) complete([] {});
 }
 
 /// Launch a kernel call expression on the emulated device.

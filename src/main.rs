@@ -198,7 +198,9 @@ struct SampleArgs {
     /// How the K members share work along the steps: full (the paper's method: every member its
     /// own trajectory), branch:F (share the MAP trajectory for a fraction F, e.g. 0.5, or a step
     /// index, then full), shared-trunk (one trunk per sample and step on the MAP input, K last
-    /// layers), shared-trunk:L (the MAP trajectory, then shared-trunk for the last L steps).
+    /// layers), shared-trunk:L (the MAP trajectory, then shared-trunk for the last L steps),
+    /// early-full:F (full for the first fraction F or F steps, then shared-trunk), interleaved:R
+    /// (full on every R-th step, shared-trunk on the others).
     #[arg(long, value_name = "NAME", default_value = "full")]
     uq_schedule: String,
     /// What a sample whose member, feature or score is not finite (NaN, Inf) does: error (stop,

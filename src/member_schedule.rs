@@ -21,6 +21,9 @@
 //!   the first `F` steps (an index), then `SharedTrunk` for the rest: the members diverge where
 //!   the trunk's response to their own inputs matters most (high noise), and the late steps cost
 //!   one trunk per sample.
+//! - `interleaved:R`: `full` on every `R`-th step, `SharedTrunk` on the others: the members'
+//!   own trunk evaluations pull them back towards the data every `R` steps, at about `1/R` of
+//!   `full`'s extra trunk work.
 
 use crate::error::{Error, Result};
 
@@ -54,14 +57,17 @@ pub enum MemberSchedule {
     SharedTrunk(Option<usize>),
     /// `full` until the split point, `SharedTrunk` after it.
     EarlyFull(SplitPoint),
+    /// `full` on every `R`-th step, `SharedTrunk` on the others.
+    Interleaved(usize),
 }
 
 impl MemberSchedule {
-    /// Parse `full`, `branch:F`, `shared-trunk`, `shared-trunk:L` or `early-full:F`.
+    /// Parse `full`, `branch:F`, `shared-trunk`, `shared-trunk:L`, `early-full:F` or
+    /// `interleaved:R`.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::arg(format!(
-                "--uq-schedule {s}: {why} (expected full, branch:F with F a fraction in [0, 1) or a step index, shared-trunk, shared-trunk:L, or early-full:F with F a fraction in (0, 1) or a step index)"
+                "--uq-schedule {s}: {why} (expected full, branch:F with F a fraction in [0, 1) or a step index, shared-trunk, shared-trunk:L, early-full:F with F a fraction in (0, 1) or a step index, or interleaved:R with R >= 2)"
             ))
         };
         let (name, arg) = match s.split_once(':') {
@@ -99,6 +105,13 @@ impl MemberSchedule {
                 }
                 Ok(MemberSchedule::EarlyFull(SplitPoint::Step(step)))
             }
+            ("interleaved", Some(a)) => {
+                let r: usize = a.parse().map_err(|_| bad("R is not a positive integer"))?;
+                if r < 2 {
+                    return Err(bad("R must be at least 2 (interleaved:1 is full)"));
+                }
+                Ok(MemberSchedule::Interleaved(r))
+            }
             ("shared-trunk", None) => Ok(MemberSchedule::SharedTrunk(None)),
             ("shared-trunk", Some(a)) => {
                 let last: usize = a.parse().map_err(|_| bad("L is not a positive integer"))?;
@@ -121,6 +134,7 @@ impl MemberSchedule {
             MemberSchedule::SharedTrunk(Some(l)) => format!("shared-trunk:{l}"),
             MemberSchedule::EarlyFull(SplitPoint::Fraction(f)) => format!("early-full:{f:?}"),
             MemberSchedule::EarlyFull(SplitPoint::Step(s)) => format!("early-full:{s}"),
+            MemberSchedule::Interleaved(r) => format!("interleaved:{r}"),
         }
     }
 
@@ -137,6 +151,20 @@ impl MemberSchedule {
             SplitPoint::Fraction(f) => (f * steps as f64).round() as usize,
             SplitPoint::Step(s) => s,
         };
+        if let MemberSchedule::Interleaved(r) = *self {
+            if r >= steps {
+                return Err(outside(format!("R = {r}")));
+            }
+            return Ok((0..steps)
+                .map(|i| {
+                    if i > 0 && i % r == 0 {
+                        StepMode::Full
+                    } else {
+                        StepMode::SharedTrunk
+                    }
+                })
+                .collect());
+        }
         // Map before `map_steps`; the split step (all members at the same input: one trunk
         // serves them all); Full before `full_end`; SharedTrunk after.
         let (map_steps, full_end) = match *self {
@@ -162,6 +190,7 @@ impl MemberSchedule {
                 }
                 (0, end)
             }
+            MemberSchedule::Interleaved(_) => (0, 0), // returned above
         };
         Ok((0..steps)
             .map(|i| {

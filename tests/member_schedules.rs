@@ -52,7 +52,12 @@ fn schedules_give_the_documented_step_modes() {
         m.extend([SharedTrunk; 7]);
         m
     });
+    assert_eq!(
+        modes("interleaved:2", 5),
+        vec![SharedTrunk, SharedTrunk, Full, SharedTrunk, Full]
+    );
     for name in [
+        "interleaved:10",
         "full",
         "branch:0.25",
         "branch:7",
@@ -74,6 +79,7 @@ fn schedules_give_the_documented_step_modes() {
     assert_eq!(rows("branch:40"), 40 + 1 + 9 * 6);
     assert_eq!(rows("shared-trunk"), 50);
     assert_eq!(rows("early-full:5"), 1 + 4 * 6 + 45);
+    assert_eq!(rows("interleaved:10"), 4 * 6 + 46);
 }
 
 #[test]
@@ -91,6 +97,8 @@ fn bad_schedules_are_errors_naming_them() {
         ("early-full:0", "at least 1"),
         ("early-full:1.0", "(0, 1)"),
         ("early-full:0.0", "(0, 1)"),
+        ("interleaved:1", "at least 2"),
+        ("interleaved:x", "R"),
     ] {
         let e = MemberSchedule::parse(s).unwrap_err().to_string();
         assert!(e.contains(s) && e.contains(needle), "{s}: {e}");
@@ -100,6 +108,7 @@ fn bad_schedules_are_errors_naming_them() {
         ("branch:0.99", 10, "step 10"),
         ("shared-trunk:11", 10, "L = 11"),
         ("early-full:10", 10, "step 10"),
+        ("interleaved:10", 10, "R = 10"),
         ("early-full:0.01", 10, "step 0"),
     ] {
         let e = MemberSchedule::parse(s)
@@ -210,7 +219,7 @@ fn generate(be: &dyn Backend, schedule: &str) -> Vec<f32> {
     g.run(&input(&unet), |_| {}).unwrap()
 }
 
-const SCHEDULES: [&str; 7] = [
+const SCHEDULES: [&str; 8] = [
     "full",
     "branch:2",
     "branch:0.25",
@@ -218,6 +227,7 @@ const SCHEDULES: [&str; 7] = [
     "shared-trunk",
     "shared-trunk:2",
     "early-full:2",
+    "interleaved:2",
 ];
 
 #[test]
@@ -243,7 +253,13 @@ fn every_schedule_matches_its_definition_on_the_cpu() {
 #[test]
 fn every_schedule_runs_on_the_emulated_cuda_backend() {
     let (be, _) = uqengine::backend::cuda::select_backend("emu").unwrap();
-    for schedule in ["full", "branch:2", "shared-trunk", "early-full:2"] {
+    for schedule in [
+        "full",
+        "branch:2",
+        "shared-trunk",
+        "early-full:2",
+        "interleaved:2",
+    ] {
         let got = generate(be.as_ref(), schedule);
         let want = reference(schedule);
         println!(
