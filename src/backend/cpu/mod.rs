@@ -80,9 +80,15 @@ impl Backend for CpuBackend {
             format!("conv weights: {} values for {spec:?}", w_oihw.len())
         })?;
         let w = conv::reorder_oihw(&spec, w_oihw);
+        let weight = if conv::uses_winograd(&spec) {
+            let u = conv::winograd_weights(spec.cin, spec.cout, &w);
+            Tensor::host(vec![16 * spec.cin, spec.cout], u)
+        } else {
+            Tensor::host(vec![k * k * spec.cin, spec.cout], w)
+        };
         Ok(Conv2d {
             spec,
-            weight: Tensor::host(vec![k * k * spec.cin, spec.cout], w),
+            weight,
             bias: bias.map(|b| Tensor::host(vec![b.len()], b.to_vec())),
         })
     }
@@ -135,7 +141,13 @@ impl Backend for CpuBackend {
             Some(b) => Some(host(b)?),
             None => None,
         };
-        let y = conv::conv2d_nhwc(&spec, host(x)?, n, h, w, host(&conv.weight)?, bias, res);
+        let y = if conv.weight.shape()[0] == 16 * spec.cin && spec.kernel == 3 {
+            // Prepared for Winograd (conv::uses_winograd).
+            let u = host(&conv.weight)?;
+            conv::conv3x3_winograd_nhwc(spec.cin, spec.cout, host(x)?, n, h, w, u, bias, res)
+        } else {
+            conv::conv2d_nhwc(&spec, host(x)?, n, h, w, host(&conv.weight)?, bias, res)
+        };
         Ok(Tensor::host(vec![n, ho, wo, spec.cout], y))
     }
 
