@@ -2,17 +2,19 @@
 //!
 //! Every sample of a batch runs as `K` members (`K = 1` without a posterior): the same `z`, the
 //! same class, the same sampler noise; only the last layer's weights differ by member. The trunk
-//! runs once per step on all `B*K` inputs; the last layer runs per member ([`Backend::conv2d_members`]).
+//! runs once per step on all `B*K` inputs (or fewer, by the member schedule); the last layer runs
+//! per member ([`Backend::conv2d_member_stack`]).
 //! Random numbers come from Philox streams keyed by (seed, sample index, purpose), so a sample's
 //! result does not depend on the batch size, the batch it ran in, or the backend.
 
-use crate::backend::{Backend, Conv2d};
+use crate::backend::state::stream_normals;
+use crate::backend::{Backend, Members, StepNoise};
 use crate::error::{Error, Result};
-use crate::layout::nchw_to_nhwc;
 use crate::member_schedule::{MemberSchedule, StepMode};
 use crate::models::unet::UNet;
 use crate::rng::{Purpose, Stream};
 use crate::sampler::Sampler;
+use crate::tensor::Tensor;
 
 /// How class labels are chosen for a conditional model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,32 +72,36 @@ pub fn class_of(
 /// The starting noise of sample `index`: `c*h*w` standard normals generated in NCHW order,
 /// returned NHWC.
 pub fn initial_noise(seed: u64, index: usize, c: usize, s: usize) -> Vec<f32> {
-    let mut z = vec![0.0f32; c * s * s];
-    Stream::new(seed, index as u64, Purpose::InitialNoise, 0).fill_normal(&mut z);
-    nchw_to_nhwc(&z, 1, c, s, s)
+    stream_normals(seed, index as u64, Purpose::InitialNoise, 0, c, s)
 }
 
 /// The sampler noise of sample `index` at step `step` (NCHW generation order, NHWC result).
 pub fn step_noise(seed: u64, index: usize, step: usize, c: usize, s: usize) -> Vec<f32> {
-    let mut z = vec![0.0f32; c * s * s];
-    Stream::new(seed, index as u64, Purpose::StepNoise, step as u32).fill_normal(&mut z);
-    nchw_to_nhwc(&z, 1, c, s, s)
+    stream_normals(seed, index as u64, Purpose::StepNoise, step as u32, c, s)
 }
 
-/// One batch of work: sample indices, their classes and starting noise (NHWC per sample).
+/// One batch of work: sample indices, their classes and starting noise.
 pub struct BatchInput {
     pub indices: Vec<usize>,
     pub classes: Option<Vec<usize>>,
-    pub noise: Vec<Vec<f32>>,
+    /// `x_T` per sample (NHWC), or `None`: generated on the backend from the generator's seed
+    /// (equal to [`initial_noise`]).
+    pub noise: Option<Vec<Vec<f32>>>,
 }
 
 /// Runs the sampler for batches of samples with `K` last-layer members.
+///
+/// A batch's state lives on the backend from `x_T` to the final samples: on a device backend
+/// the sample indices and class rows are uploaded once per batch, the starting noise, the step
+/// noise, the timestep features and the sampler update are computed there, and only the final
+/// samples come back; nothing crosses per step.
 pub struct Generator<'a> {
     pub backend: &'a dyn Backend,
     pub unet: &'a UNet,
     pub sampler: &'a Sampler,
-    /// Last-layer weights per member; member 0 is the MAP (the model's own `conv_out`).
-    pub members: Vec<Conv2d>,
+    /// Last layers per member, prepared once ([`Backend::prepare_members`]); member 0 is the
+    /// MAP (the model's own `conv_out`).
+    pub members: Members,
     /// How the members share work along the steps (irrelevant with one member).
     pub schedule: MemberSchedule,
     pub seed: u64,
@@ -108,15 +114,15 @@ impl<'a> Generator<'a> {
         unet: &'a UNet,
         sampler: &'a Sampler,
         seed: u64,
-    ) -> Self {
-        Generator {
+    ) -> Result<Self> {
+        Ok(Generator {
             backend,
             unet,
             sampler,
-            members: vec![unet.conv_out.clone()],
+            members: backend.prepare_members(std::slice::from_ref(&unet.conv_out))?,
             schedule: MemberSchedule::Full,
             seed,
-        }
+        })
     }
 
     /// Number of members per sample.
@@ -128,103 +134,98 @@ impl<'a> Generator<'a> {
     /// row `i*K + k` is member `k` of sample `i`), unclamped, as the sampler leaves them.
     /// `on_step` is called after each step.
     ///
-    /// Until the schedule splits the members, `x` holds one row per sample (the MAP
+    /// Until the schedule splits the members, the state holds one row per sample (the MAP
     /// trajectory); at the split every row is repeated `K` times.
     pub fn run(&self, input: &BatchInput, mut on_step: impl FnMut(usize)) -> Result<Vec<f32>> {
+        let be = self.backend;
         let cfg = &self.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
         let per = c * s * s;
         let k = self.k();
         let nb = input.indices.len();
-        if input.noise.len() != nb || input.noise.iter().any(|z| z.len() != per) {
-            return Err(Error::arg(format!(
-                "batch noise must be {nb} arrays of {per} values"
-            )));
+        if k == 0 {
+            return Err(Error::arg("a generator needs at least one member"));
         }
         let modes = if k == 1 {
             vec![StepMode::Map; self.sampler.num_steps()]
         } else {
             self.schedule.modes(self.sampler.num_steps())?
         };
-        let mut x: Vec<f32> = input.noise.concat();
+        let streams = be.sample_streams(&input.indices)?;
+        let mut x = match &input.noise {
+            Some(noise) => {
+                if noise.len() != nb || noise.iter().any(|z| z.len() != per) {
+                    return Err(Error::arg(format!(
+                        "batch noise must be {nb} arrays of {per} values"
+                    )));
+                }
+                be.state_from_host(&[nb, s, s, c], &noise.concat())?
+            }
+            None => be.normal_state(&streams, self.seed, Purpose::InitialNoise, 0, c, s, 1)?,
+        };
+        // Class rows for B rows and, when some step runs the trunk on every member, B*K rows.
+        let classes = input.classes.as_deref();
+        let class_rows = self.unet.class_rows(be, classes, nb)?;
+        let member_class_rows = if modes.contains(&StepMode::Full) {
+            let rep: Option<Vec<usize>> =
+                classes.map(|cl| cl.iter().flat_map(|&y| std::iter::repeat_n(y, k)).collect());
+            self.unet.class_rows(be, rep.as_deref(), nb * k)?
+        } else {
+            None
+        };
         let mut split = false;
         for (step, &mode) in modes.iter().enumerate() {
             if mode != StepMode::Map && !split {
-                x = repeat_rows(&x, per, k);
+                x = be.repeat_rows(&x, k)?;
                 split = true;
             }
-            let eps = match mode {
-                StepMode::Map => {
-                    self.model_output(&x, nb, input.classes.as_deref(), step, LastLayers::Map)?
-                }
+            let t = self.sampler.timesteps()[step] as f32;
+            let out = match mode {
+                StepMode::Map => self.model_output(&x, t, class_rows.as_ref(), LastLayers::Map)?,
                 StepMode::SharedTrunk => {
-                    let map_rows: Vec<f32> =
-                        x.chunks_exact(per).step_by(k).flatten().copied().collect();
-                    let classes = input.classes.as_deref();
-                    self.model_output(&map_rows, nb, classes, step, LastLayers::EveryMember)?
+                    let map_rows = be.every_kth_row(&x, k)?;
+                    self.model_output(&map_rows, t, class_rows.as_ref(), LastLayers::EveryMember)?
                 }
                 StepMode::Full => {
-                    let classes: Option<Vec<usize>> = input
-                        .classes
-                        .as_ref()
-                        .map(|cl| cl.iter().flat_map(|&y| std::iter::repeat_n(y, k)).collect());
-                    self.model_output(&x, nb * k, classes.as_deref(), step, LastLayers::PerRow)?
+                    self.model_output(&x, t, member_class_rows.as_ref(), LastLayers::PerRow)?
                 }
             };
-            let rows_per_sample = if split { k } else { 1 };
-            if self.sampler.needs_noise(step) {
-                let mut noise = Vec::with_capacity(x.len());
-                for &idx in &input.indices {
-                    let z = step_noise(self.seed, idx, step, c, s);
-                    for _ in 0..rows_per_sample {
-                        noise.extend_from_slice(&z);
-                    }
-                }
-                self.sampler.step(step, &eps, &mut x, Some(&noise))?;
-            } else {
-                self.sampler.step(step, &eps, &mut x, None)?;
-            }
+            let noise = StepNoise {
+                streams: &streams,
+                seed: self.seed,
+                step: step as u32,
+                rows_per_sample: if split { k } else { 1 },
+            };
+            let coeffs = self.sampler.step_coefficients(step);
+            x = be.sampler_step(&coeffs, &out, &x, Some(&noise))?;
             on_step(step);
         }
         if !split && k > 1 {
-            x = repeat_rows(&x, per, k);
+            x = be.repeat_rows(&x, k)?;
         }
-        Ok(x)
+        be.state_to_host(&x)
     }
 
-    /// The model output at `step` for `rows` inputs `x` (NHWC) with their classes, through
-    /// `last` (see [`LastLayers`]); sample-major.
+    /// The model output at timestep `t` for the state rows `x` with their class rows, through
+    /// `last` (see [`LastLayers`]); sample-major, on the backend.
     fn model_output(
         &self,
-        x: &[f32],
-        rows: usize,
-        classes: Option<&[usize]>,
-        step: usize,
+        x: &Tensor,
+        t: f32,
+        class_rows: Option<&Tensor>,
         last: LastLayers,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Tensor> {
         let be = self.backend;
-        let cfg = &self.unet.config;
-        let (c, s) = (cfg.in_channels, cfg.sample_size);
-        let t = vec![self.sampler.timesteps()[step] as f32; rows];
-        let xt = be.upload(&[rows, s, s, c], x)?;
-        let h = self.unet.trunk(be, &xt, &t, classes)?;
+        let rows = x.shape()[0];
+        let input = be.state_as_input(x, self.unet.config.center_input_sample)?;
+        let feats = self.unet.step_features(be, t, rows)?;
+        let temb = self.unet.embedding_from(be, &feats, class_rows)?;
+        let h = self.unet.trunk_from(be, &input, &temb)?;
         match last {
-            LastLayers::Map => be.download(&be.conv2d(&h, &self.members[0], None)?),
-            LastLayers::PerRow => be.download(&be.conv2d_members(&h, &self.members)?),
+            LastLayers::Map => be.conv2d(&h, &self.members.convs[0], None),
+            LastLayers::PerRow => be.conv2d_member_stack(&h, &self.members),
             LastLayers::EveryMember => {
-                let outs: Vec<Vec<f32>> = self
-                    .members
-                    .iter()
-                    .map(|m| be.download(&be.conv2d(&h, m, None)?))
-                    .collect::<Result<_>>()?;
-                let per_out = outs[0].len() / rows;
-                let mut eps = Vec::with_capacity(rows * outs.len() * per_out);
-                for i in 0..rows {
-                    for out in &outs {
-                        eps.extend_from_slice(&out[i * per_out..(i + 1) * per_out]);
-                    }
-                }
-                Ok(eps)
+                be.conv2d_member_stack(&be.repeat_rows(&h, self.k())?, &self.members)
             }
         }
     }
@@ -240,15 +241,4 @@ enum LastLayers {
     /// Rows are `B` shared inputs: every member on every row, giving `B*K` outputs (row `i*K + m`
     /// is member `m` on input `i`).
     EveryMember,
-}
-
-/// Every `per`-element row of `x` repeated `k` times in place (sample-major).
-fn repeat_rows(x: &[f32], per: usize, k: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len() * k);
-    for row in x.chunks_exact(per) {
-        for _ in 0..k {
-            out.extend_from_slice(row);
-        }
-    }
-    out
 }

@@ -6,8 +6,13 @@
 pub mod cpu;
 pub mod cuda;
 pub mod profile;
+pub mod state;
 
-use crate::error::Result;
+pub use state::{StepNoise, Transfers};
+
+use crate::error::{Error, Result};
+use crate::rng::Purpose;
+use crate::sampler::StepCoefficients;
 use crate::tensor::Tensor;
 
 /// Shape of a 2-D convolution: square kernel, `padding` zeros on every side plus `pad_end`
@@ -58,6 +63,24 @@ pub struct Linear {
     pub dout: usize,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+}
+
+/// The `K` last layers of a run's members, prepared once ([`Backend::prepare_members`]):
+/// `convs[m]` is member `m` (member 0 the MAP); `stacked`, where the backend keeps one, holds
+/// their weights and biases stacked `[m][cout][...]` for a single launch over all members.
+#[derive(Clone, Debug)]
+pub struct Members {
+    pub convs: Vec<Conv2d>,
+    pub stacked: Option<Conv2d>,
+}
+
+impl Members {
+    pub fn len(&self) -> usize {
+        self.convs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.convs.is_empty()
+    }
 }
 
 /// Affine normalisation parameters: GroupNorm over `groups` channel groups (per sample), or
@@ -180,4 +203,107 @@ pub trait Backend: Send + Sync {
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Concatenate along the leading dimension.
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor>;
+
+    /// The members' last layers prepared for [`Backend::conv2d_member_stack`], once per run.
+    /// Default: kept as they are (the CPU backend convolves member by member).
+    fn prepare_members(&self, convs: &[Conv2d]) -> Result<Members> {
+        Ok(Members {
+            convs: convs.to_vec(),
+            stacked: None,
+        })
+    }
+    /// [`Backend::conv2d_members`] with members prepared once.
+    fn conv2d_member_stack(&self, x: &Tensor, members: &Members) -> Result<Tensor> {
+        self.conv2d_members(x, &members.convs)
+    }
+
+    /// f32 parameters (biases, frequencies) of `shape` on the backend.
+    fn upload_params(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload(shape, data)
+    }
+
+    // The sampler's state (module [`state`]): f32 NHWC `[rows, s, s, c]`, kept where the backend
+    // computes. The defaults are the host definitions.
+
+    /// A state tensor from host values.
+    fn state_from_host(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::arg(format!(
+                "state: {} values for shape {shape:?}",
+                data.len()
+            )));
+        }
+        Ok(Tensor::host(shape.to_vec(), data.to_vec()))
+    }
+    /// A state tensor's values on the host.
+    fn state_to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        self.download(x)
+    }
+    /// A handle on a batch's sample indices for [`Backend::normal_state`] and
+    /// [`Backend::sampler_step`] (moved to a device once per batch).
+    fn sample_streams(&self, indices: &[usize]) -> Result<Tensor> {
+        state::sample_streams(indices)
+    }
+    /// Standard normals of every sample's stream (seed, index, `purpose`, `sub`), NHWC
+    /// `[n * repeat, s, s, c]`, each sample's on `repeat` consecutive rows; equal to
+    /// [`crate::rng::Stream::fill_normal`] in NCHW order.
+    #[allow(clippy::too_many_arguments)]
+    fn normal_state(
+        &self,
+        streams: &Tensor,
+        seed: u64,
+        purpose: Purpose,
+        sub: u32,
+        c: usize,
+        s: usize,
+        repeat: usize,
+    ) -> Result<Tensor> {
+        state::normal_state(streams, seed, purpose, sub, c, s, repeat)
+    }
+    /// One sampler step on every element: [`crate::sampler::apply_step`] with the model output
+    /// `m` (same shape as `x`) and, when the step adds noise, the samples' step noise.
+    fn sampler_step(
+        &self,
+        coeffs: &StepCoefficients,
+        m: &Tensor,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        state::sampler_step(coeffs, m, x, noise)
+    }
+    /// The trunk's input from a state tensor: `x`, or `2x - 1` for a model that centers its
+    /// input (`center_input_sample`).
+    fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {
+        if !center {
+            return Ok(x.clone());
+        }
+        let v = self.download(x)?;
+        self.upload(x.shape(), &v.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>())
+    }
+    /// Every row (leading index) repeated `k` times, sample-major; state or activations.
+    fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        state::repeat_rows(x, k)
+    }
+    /// Rows `0, k, 2k, ...` of a state tensor.
+    fn every_kth_row(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        state::every_kth_row(x, k)
+    }
+    /// Sinusoidal features `[rows, 2 * half]` of timestep `t` for every row, from the
+    /// frequencies `freqs` (`[half]`, from [`Backend::upload_params`]).
+    fn timestep_features(
+        &self,
+        freqs: &Tensor,
+        t: f32,
+        rows: usize,
+        flip: bool,
+    ) -> Result<Tensor> {
+        let f = self.download(freqs)?;
+        let v = state::timestep_features(&f, t, rows, flip);
+        self.upload(&[rows, 2 * f.len()], &v)
+    }
+
+    /// Host/device traffic and launches so far, on a device backend; `None` on the host.
+    fn transfers(&self) -> Option<Transfers> {
+        None
+    }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers};
+use crate::rng::Purpose;
+use crate::sampler::StepCoefficients;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -148,5 +150,70 @@ impl Backend for Profiled {
     }
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
         self.time("concat_batch", || self.inner.concat_batch(parts))
+    }
+    fn prepare_members(&self, convs: &[Conv2d]) -> Result<Members> {
+        self.inner.prepare_members(convs)
+    }
+    fn conv2d_member_stack(&self, x: &Tensor, members: &Members) -> Result<Tensor> {
+        self.time("conv2d_members", || self.inner.conv2d_member_stack(x, members))
+    }
+    fn upload_params(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.inner.upload_params(shape, data)
+    }
+    fn state_from_host(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.time("state_from_host", || self.inner.state_from_host(shape, data))
+    }
+    fn state_to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        self.time("state_to_host", || self.inner.state_to_host(x))
+    }
+    fn sample_streams(&self, indices: &[usize]) -> Result<Tensor> {
+        self.inner.sample_streams(indices)
+    }
+    fn normal_state(
+        &self,
+        streams: &Tensor,
+        seed: u64,
+        purpose: Purpose,
+        sub: u32,
+        c: usize,
+        s: usize,
+        repeat: usize,
+    ) -> Result<Tensor> {
+        self.time("normal_state", || {
+            self.inner
+                .normal_state(streams, seed, purpose, sub, c, s, repeat)
+        })
+    }
+    fn sampler_step(
+        &self,
+        coeffs: &StepCoefficients,
+        m: &Tensor,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        self.time("sampler_step", || self.inner.sampler_step(coeffs, m, x, noise))
+    }
+    fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {
+        self.time("state_as_input", || self.inner.state_as_input(x, center))
+    }
+    fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        self.time("repeat_rows", || self.inner.repeat_rows(x, k))
+    }
+    fn every_kth_row(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        self.time("every_kth_row", || self.inner.every_kth_row(x, k))
+    }
+    fn timestep_features(
+        &self,
+        freqs: &Tensor,
+        t: f32,
+        rows: usize,
+        flip: bool,
+    ) -> Result<Tensor> {
+        self.time("timestep_features", || {
+            self.inner.timestep_features(freqs, t, rows, flip)
+        })
+    }
+    fn transfers(&self) -> Option<Transfers> {
+        self.inner.transfers()
     }
 }

@@ -93,10 +93,15 @@ impl BatchLoop<'_> {
                     .map(|i| self.inputs.classes[i].unwrap_or(0))
                     .collect()
             }),
-            noise: r
-                .clone()
-                .map(|i| self.inputs.noise.sample(i, c, s))
-                .collect(),
+            // Noise from the run's seed is generated where the batch runs.
+            noise: match self.inputs.noise {
+                super::inputs::NoiseSource::Seeded(seed) if seed == self.generator.seed => None,
+                _ => Some(
+                    r.clone()
+                        .map(|i| self.inputs.noise.sample(i, c, s))
+                        .collect(),
+                ),
+            },
             indices: r.collect(),
         };
         let mut x = Vec::with_capacity(n * k * per);

@@ -248,7 +248,7 @@ impl SampleJob {
             backend: backend.as_ref(),
             unet: &inputs.unet,
             sampler: &inputs.sampler,
-            members: std::mem::take(&mut inputs.members),
+            members: backend.prepare_members(&std::mem::take(&mut inputs.members))?,
             schedule: self
                 .uncertainty
                 .as_ref()

@@ -5,10 +5,14 @@
 
 use std::sync::Arc;
 
-use super::device::{Bf16, DevBuf, DevPtr, Device, LaunchCfg};
+use super::device::{Bf16, Counted, DevBuf, DevPtr, Device, LaunchCfg};
 use super::kernels;
-use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
+use crate::backend::{
+    Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers,
+};
 use crate::error::{Error, Result};
+use crate::rng::Purpose;
+use crate::sampler::StepCoefficients;
 use crate::tensor::{Storage, Tensor};
 
 /// Device memory behind a [`Tensor`] of the CUDA backend.
@@ -16,14 +20,17 @@ use crate::tensor::{Storage, Tensor};
 pub enum CudaStorage {
     /// Activations and weights.
     Bf16(DevBuf<Bf16>),
-    /// Biases and normalisation parameters.
+    /// Biases and normalisation parameters; the sampler's state.
     F32(DevBuf<f32>),
+    /// Sample indices as (low, high) 32-bit words, for the noise kernels.
+    U32(DevBuf<u32>),
 }
 
 /// The CUDA op set on one device (a GPU, or the host emulation in tests).
 #[derive(Clone)]
 pub struct CudaBackend {
     dev: Arc<dyn Device>,
+    counted: Arc<Counted>,
 }
 
 /// Threads per block of the element-wise (grid-stride) kernels.
@@ -81,7 +88,11 @@ struct Prologue<'a> {
 impl CudaBackend {
     /// A backend on `dev`.
     pub fn new(dev: Arc<dyn Device>) -> Self {
-        CudaBackend { dev }
+        let counted = Arc::new(Counted::new(dev));
+        CudaBackend {
+            dev: counted.clone(),
+            counted,
+        }
     }
 
     /// The device under this backend.
@@ -108,8 +119,8 @@ impl CudaBackend {
     fn bf16<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<Bf16>> {
         match self.storage(x)? {
             CudaStorage::Bf16(b) => Ok(b),
-            CudaStorage::F32(_) => Err(err(format!(
-                "tensor {:?} holds f32 parameters, not activations",
+            _ => Err(err(format!(
+                "tensor {:?} holds f32 parameters or indices, not activations",
                 x.shape()
             ))),
         }
@@ -118,11 +129,108 @@ impl CudaBackend {
     fn f32<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<f32>> {
         match self.storage(x)? {
             CudaStorage::F32(b) => Ok(b),
-            CudaStorage::Bf16(_) => Err(err(format!(
-                "tensor {:?} holds bf16 data, not f32 parameters",
+            _ => Err(err(format!(
+                "tensor {:?} holds bf16 data or indices, not f32 values",
                 x.shape()
             ))),
         }
+    }
+
+    fn u32s<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<u32>> {
+        match self.storage(x)? {
+            CudaStorage::U32(b) => Ok(b),
+            _ => Err(err(format!(
+                "tensor {:?} is not a sample-streams handle",
+                x.shape()
+            ))),
+        }
+    }
+
+    /// Stack the members' weights `[m][cout][K]` and biases `[m][cout]` (absent bias = zeros).
+    fn stack_members(&self, convs: &[Conv2d]) -> Result<Conv2d> {
+        let members = convs.len();
+        check(members > 0, || "conv2d_members: no members".into())?;
+        let spec = convs[0].spec;
+        check(convs.iter().all(|cv| cv.spec == spec), || {
+            "conv2d_members: members differ in shape".into()
+        })?;
+        let per_w = spec.cout * spec.kernel * spec.kernel * spec.cin;
+        let mut wall = self.alloc_bf16(members * per_w)?;
+        let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
+        let any_bias = convs.iter().any(|cv| cv.bias.is_some());
+        for (m, cv) in convs.iter().enumerate() {
+            self.copy(
+                self.bf16(&cv.weight)?.ptr(),
+                wall.ptr_mut().offset(m * per_w),
+                per_w,
+            )?;
+            if let Some(b) = &cv.bias {
+                kernels::copy_f32(
+                    self.d(),
+                    self.ew_cfg(spec.cout),
+                    kernels::CopyF32Args {
+                        x: self.f32(b)?.ptr(),
+                        y: ball.ptr_mut().offset(m * spec.cout),
+                        n: spec.cout as i64,
+                    },
+                )?;
+            }
+        }
+        Ok(Conv2d {
+            spec,
+            weight: Self::wrap(
+                vec![members * spec.cout, spec.kernel, spec.kernel, spec.cin],
+                CudaStorage::Bf16(wall),
+            ),
+            bias: any_bias.then(|| Self::wrap(vec![members * spec.cout], CudaStorage::F32(ball))),
+        })
+    }
+
+    /// The per-member convolution with stacked weights: row `i` uses member `i % members`.
+    fn conv_stacked(&self, x: &Tensor, stacked: &Conv2d, members: usize) -> Result<Tensor> {
+        let (nb, h, w, c) = x.nhwc();
+        let spec = stacked.spec;
+        check(members > 0 && nb % members == 0, || {
+            format!("conv2d_members: batch {nb} is not a multiple of {members} members")
+        })?;
+        check(c == spec.cin, || {
+            format!("conv2d_members: input {:?} for {spec:?}", x.shape())
+        })?;
+        let (ho, wo) = spec.out_hw(h, w);
+        let mut y = self.alloc_bf16(nb * ho * wo * spec.cout)?;
+        let g = geom(nb, h, w, ho, wo, &spec);
+        let bias = match &stacked.bias {
+            Some(b) => self.f32(b)?.ptr(),
+            None => DevPtr::null(),
+        };
+        self.conv_launch(
+            self.bf16(x)?.ptr(),
+            self.bf16(&stacked.weight)?.ptr(),
+            bias,
+            DevPtr::null(),
+            &mut y,
+            &g,
+            members,
+            None,
+            Activation::None,
+        )?;
+        Ok(Self::wrap(
+            vec![nb, ho, wo, spec.cout],
+            CudaStorage::Bf16(y),
+        ))
+    }
+
+    /// The (rows, per-row values) of a state or activation tensor.
+    fn rows_of(x: &Tensor) -> (usize, usize) {
+        let rows = x.shape().first().copied().unwrap_or(0);
+        (rows, if rows == 0 { 0 } else { x.numel() / rows })
+    }
+
+    fn state_dims(x: &Tensor, what: &str) -> Result<(usize, usize, usize)> {
+        check(x.shape().len() == 4 && x.shape()[1] == x.shape()[2], || {
+            format!("{what}: state {:?} is not [rows, s, s, c]", x.shape())
+        })?;
+        Ok((x.shape()[0], x.shape()[1], x.shape()[3]))
     }
 
     fn wrap(shape: Vec<usize>, buf: CudaStorage) -> Tensor {
@@ -389,6 +497,10 @@ impl Backend for CudaBackend {
                 .map(|v| v.to_f32())
                 .collect()),
             CudaStorage::F32(b) => b.to_host(self.d()),
+            CudaStorage::U32(_) => Err(err(format!(
+                "tensor {:?} is a sample-streams handle, not values",
+                x.shape()
+            ))),
         }
     }
 
@@ -488,60 +600,22 @@ impl Backend for CudaBackend {
     }
 
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
-        let members = convs.len();
-        let (nb, h, w, c) = x.nhwc();
-        check(members > 0 && nb % members == 0, || {
-            format!("conv2d_members: batch {nb} is not a multiple of {members} members")
-        })?;
-        let spec = convs[0].spec;
-        check(convs.iter().all(|cv| cv.spec == spec), || {
-            "conv2d_members: members differ in shape".into()
-        })?;
-        check(c == spec.cin, || {
-            format!("conv2d_members: input {:?} for {spec:?}", x.shape())
-        })?;
-        // Stack the members' weights [m][cout][K] and biases [m][cout] (absent bias = zeros).
-        let per_w = spec.cout * spec.kernel * spec.kernel * spec.cin;
-        let mut wall = self.alloc_bf16(members * per_w)?;
-        let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
-        let any_bias = convs.iter().any(|cv| cv.bias.is_some());
-        for (m, cv) in convs.iter().enumerate() {
-            self.copy(
-                self.bf16(&cv.weight)?.ptr(),
-                wall.ptr_mut().offset(m * per_w),
-                per_w,
-            )?;
-            if let Some(b) = &cv.bias {
-                kernels::copy_f32(
-                    self.d(),
-                    self.ew_cfg(spec.cout),
-                    kernels::CopyF32Args {
-                        x: self.f32(b)?.ptr(),
-                        y: ball.ptr_mut().offset(m * spec.cout),
-                        n: spec.cout as i64,
-                    },
-                )?;
-            }
+        let stacked = self.stack_members(convs)?;
+        self.conv_stacked(x, &stacked, convs.len())
+    }
+
+    fn prepare_members(&self, convs: &[Conv2d]) -> Result<Members> {
+        Ok(Members {
+            convs: convs.to_vec(),
+            stacked: Some(self.stack_members(convs)?),
+        })
+    }
+
+    fn conv2d_member_stack(&self, x: &Tensor, members: &Members) -> Result<Tensor> {
+        match &members.stacked {
+            Some(st) => self.conv_stacked(x, st, members.len()),
+            None => self.conv2d_members(x, &members.convs),
         }
-        let (ho, wo) = spec.out_hw(h, w);
-        let mut y = self.alloc_bf16(nb * ho * wo * spec.cout)?;
-        let g = geom(nb, h, w, ho, wo, &spec);
-        let bias = if any_bias { ball.ptr() } else { DevPtr::null() };
-        self.conv_launch(
-            self.bf16(x)?.ptr(),
-            wall.ptr(),
-            bias,
-            DevPtr::null(),
-            &mut y,
-            &g,
-            members,
-            None,
-            Activation::None,
-        )?;
-        Ok(Self::wrap(
-            vec![nb, ho, wo, spec.cout],
-            CudaStorage::Bf16(y),
-        ))
     }
 
     fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor> {
@@ -838,5 +912,264 @@ impl Backend for CudaBackend {
         let mut oshape = parts[0].shape().to_vec();
         oshape[0] = parts.iter().map(|p| p.shape()[0]).sum();
         Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+    }
+
+    fn upload_params(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        check(shape.iter().product::<usize>() == data.len(), || {
+            format!("upload: {} values for shape {shape:?}", data.len())
+        })?;
+        self.upload_f32(shape.to_vec(), data)
+    }
+
+    fn state_from_host(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_params(shape, data)
+    }
+
+    fn state_to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        self.f32(x)?.to_host(self.d())
+    }
+
+    fn sample_streams(&self, indices: &[usize]) -> Result<Tensor> {
+        let mut words = Vec::with_capacity(2 * indices.len());
+        for &i in indices {
+            let i = i as u64;
+            check(i < 1 << 56, || {
+                format!("sample index {i} is 2^56 or more (the random streams' range)")
+            })?;
+            words.extend([i as u32, (i >> 32) as u32]);
+        }
+        Ok(Self::wrap(
+            vec![indices.len()],
+            CudaStorage::U32(DevBuf::from_host(self.d(), &words)?),
+        ))
+    }
+
+    fn normal_state(
+        &self,
+        streams: &Tensor,
+        seed: u64,
+        purpose: Purpose,
+        sub: u32,
+        c: usize,
+        s: usize,
+        repeat: usize,
+    ) -> Result<Tensor> {
+        let idx = self.u32s(streams)?;
+        let rows = streams.shape()[0] * repeat;
+        let n = rows * s * s * c;
+        i32_of(n, "state size")?;
+        let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
+        if n > 0 {
+            kernels::normal_state_f32(
+                self.d(),
+                self.ew_cfg(n),
+                kernels::NormalStateF32Args {
+                    y: y.ptr_mut(),
+                    index_words: idx.ptr(),
+                    k0: seed as u32,
+                    k1: (seed >> 32) as u32,
+                    purpose: purpose as u32,
+                    sub,
+                    c: c as i32,
+                    hw: (s * s) as i32,
+                    rows_per_sample: repeat as i32,
+                    n: n as i64,
+                },
+            )?;
+        }
+        Ok(Self::wrap(vec![rows, s, s, c], CudaStorage::F32(y)))
+    }
+
+    fn sampler_step(
+        &self,
+        co: &StepCoefficients,
+        m: &Tensor,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        let (rows, s, c) = Self::state_dims(x, "sampler_step")?;
+        check(m.shape() == x.shape(), || {
+            format!(
+                "sampler_step: model output {:?} for state {:?}",
+                m.shape(),
+                x.shape()
+            )
+        })?;
+        let n = x.numel();
+        i32_of(n, "state size")?;
+        let (idx, seed, sub, rps) = match (co.noise_scale != 0.0, noise) {
+            (false, _) => (DevPtr::null(), 0u64, 0u32, 1usize),
+            (true, None) => {
+                return Err(err(format!(
+                    "step at timestep {} adds noise, but none was given",
+                    co.timestep
+                )))
+            }
+            (true, Some(nz)) => {
+                check(nz.streams.shape()[0] * nz.rows_per_sample == rows, || {
+                    format!(
+                        "sampler_step: noise for {} samples x {} rows, state has {rows} rows",
+                        nz.streams.shape()[0],
+                        nz.rows_per_sample
+                    )
+                })?;
+                (self.u32s(nz.streams)?.ptr(), nz.seed, nz.step, nz.rows_per_sample)
+            }
+        };
+        let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
+        if n > 0 {
+            kernels::sampler_step_f32(
+                self.d(),
+                self.ew_cfg(n),
+                kernels::SamplerStepF32Args {
+                    x: self.f32(x)?.ptr(),
+                    m: self.bf16(m)?.ptr(),
+                    y: y.ptr_mut(),
+                    index_words: idx,
+                    k0: seed as u32,
+                    k1: (seed >> 32) as u32,
+                    purpose: Purpose::StepNoise as u32,
+                    sub,
+                    c: c as i32,
+                    hw: (s * s) as i32,
+                    rows_per_sample: rps.max(1) as i32,
+                    n: n as i64,
+                    prediction: co.prediction as i32,
+                    clip: co.clip as i32,
+                    clip_range: co.clip_range,
+                    sqrt_alpha: co.sqrt_alpha_prod_t,
+                    sqrt_beta: co.sqrt_beta_prod_t,
+                    pred_original_coeff: co.pred_original_coeff,
+                    pred_epsilon_coeff: co.pred_epsilon_coeff,
+                    current_sample_coeff: co.current_sample_coeff,
+                    noise_scale: co.noise_scale,
+                },
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F32(y)))
+    }
+
+    fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {
+        let n = x.numel();
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            kernels::state_to_input_bf16(
+                self.d(),
+                self.ew_cfg(n),
+                kernels::StateToInputBf16Args {
+                    x: self.f32(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i64,
+                    center: center as i32,
+                },
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
+    fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        let (rows, per) = Self::rows_of(x);
+        let n = rows * per * k;
+        i32_of(n, "tensor size")?;
+        let mut shape = x.shape().to_vec();
+        check(!shape.is_empty() && k > 0, || {
+            format!("repeat_rows: {:?} x {k}", x.shape())
+        })?;
+        shape[0] *= k;
+        let cfg = self.ew_cfg(n);
+        match self.storage(x)? {
+            CudaStorage::F32(b) => {
+                let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
+                if n > 0 {
+                    kernels::repeat_rows_f32(
+                        self.d(),
+                        cfg,
+                        kernels::RepeatRowsF32Args {
+                            x: b.ptr(),
+                            y: y.ptr_mut(),
+                            per: per as i64,
+                            k: k as i32,
+                            n: n as i64,
+                        },
+                    )?;
+                }
+                Ok(Self::wrap(shape, CudaStorage::F32(y)))
+            }
+            CudaStorage::Bf16(b) => {
+                let mut y = self.alloc_bf16(n)?;
+                if n > 0 {
+                    kernels::repeat_rows_bf16(
+                        self.d(),
+                        cfg,
+                        kernels::RepeatRowsBf16Args {
+                            x: b.ptr(),
+                            y: y.ptr_mut(),
+                            per: per as i64,
+                            k: k as i32,
+                            n: n as i64,
+                        },
+                    )?;
+                }
+                Ok(Self::wrap(shape, CudaStorage::Bf16(y)))
+            }
+            CudaStorage::U32(_) => Err(err("repeat_rows: a sample-streams handle".into())),
+        }
+    }
+
+    fn every_kth_row(&self, x: &Tensor, k: usize) -> Result<Tensor> {
+        let (rows, per) = Self::rows_of(x);
+        check(k > 0 && rows % k == 0, || {
+            format!("every_kth_row: {rows} rows are not a multiple of {k}")
+        })?;
+        let n = rows / k * per;
+        let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
+        if n > 0 {
+            kernels::every_kth_row_f32(
+                self.d(),
+                self.ew_cfg(n),
+                kernels::EveryKthRowF32Args {
+                    x: self.f32(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    per: per as i64,
+                    k: k as i32,
+                    n: n as i64,
+                },
+            )?;
+        }
+        let mut shape = x.shape().to_vec();
+        shape[0] = rows / k;
+        Ok(Self::wrap(shape, CudaStorage::F32(y)))
+    }
+
+    fn timestep_features(
+        &self,
+        freqs: &Tensor,
+        t: f32,
+        rows: usize,
+        flip: bool,
+    ) -> Result<Tensor> {
+        let half = freqs.numel();
+        let n = rows * 2 * half;
+        i32_of(n, "tensor size")?;
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            kernels::timestep_features_bf16(
+                self.d(),
+                self.ew_cfg(rows * half),
+                kernels::TimestepFeaturesBf16Args {
+                    freqs: self.f32(freqs)?.ptr(),
+                    y: y.ptr_mut(),
+                    rows: rows as i32,
+                    half: half as i32,
+                    t,
+                    flip: flip as i32,
+                },
+            )?;
+        }
+        Ok(Self::wrap(vec![rows, 2 * half], CudaStorage::Bf16(y)))
+    }
+
+    fn transfers(&self) -> Option<Transfers> {
+        Some(self.counted.transfers())
     }
 }

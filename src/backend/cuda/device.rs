@@ -297,3 +297,68 @@ pub fn check_args(kernel: &KernelDef, args: &[KernelArg]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A [`Device`] that counts what crosses between host and device: bytes uploaded and
+/// downloaded, and kernel launches (`summary.json` `device_transfers`).
+pub struct Counted {
+    inner: std::sync::Arc<dyn Device>,
+    h2d: std::sync::atomic::AtomicU64,
+    d2h: std::sync::atomic::AtomicU64,
+    launches: std::sync::atomic::AtomicU64,
+}
+
+impl Counted {
+    pub fn new(inner: std::sync::Arc<dyn Device>) -> Self {
+        Counted {
+            inner,
+            h2d: Default::default(),
+            d2h: Default::default(),
+            launches: Default::default(),
+        }
+    }
+    /// The counts so far.
+    pub fn transfers(&self) -> crate::backend::Transfers {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::backend::Transfers {
+            host_to_device_bytes: self.h2d.load(Relaxed),
+            device_to_host_bytes: self.d2h.load(Relaxed),
+            launches: self.launches.load(Relaxed),
+        }
+    }
+}
+
+impl Device for Counted {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn alloc(&self, bytes: usize) -> Result<RawBuf> {
+        self.inner.alloc(bytes)
+    }
+    fn upload(&self, dst: &RawBuf, offset: usize, src: &[u8]) -> Result<()> {
+        self.inner.upload(dst, offset, src)?;
+        self.h2d
+            .fetch_add(src.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn download(&self, src: &RawBuf, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.inner.download(src, offset, dst)?;
+        self.d2h
+            .fetch_add(dst.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn launch(&self, kernel: &KernelDef, cfg: LaunchCfg, args: &[KernelArg]) -> Result<()> {
+        self.inner.launch(kernel, cfg, args)?;
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn free_memory(&self) -> Option<u64> {
+        self.inner.free_memory()
+    }
+    fn grid_stride_blocks(&self) -> u32 {
+        self.inner.grid_stride_blocks()
+    }
+}

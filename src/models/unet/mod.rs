@@ -44,6 +44,8 @@ pub struct UNet {
     time_lin1: Linear,
     time_lin2: Linear,
     class_embedding: Option<Vec<f32>>,
+    /// The sinusoidal embedding's frequencies `[block_out_channels[0] / 2]`, on the backend.
+    time_freqs: Tensor,
     down: Vec<DownBlock>,
     mid_resnets: Vec<ResnetBlock>,
     mid_attention: Option<AttentionBlock>,
@@ -234,6 +236,7 @@ impl UNet {
             &conv_out_weight,
             Some(&conv_out_bias),
         )?;
+        let time_freqs = b.upload_params(&[ch[0] / 2], &time_freqs(&cfg))?;
         Ok(UNet {
             config: cfg,
             dir: w.path().parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -244,6 +247,7 @@ impl UNet {
             time_lin1,
             time_lin2,
             class_embedding,
+            time_freqs,
             down,
             mid_resnets,
             mid_attention,
@@ -273,27 +277,15 @@ impl UNet {
     /// Sinusoidal timestep embedding `[n, block_out_channels[0]]`, computed in f32 as diffusers'
     /// `get_timestep_embedding` does.
     pub fn timestep_features(&self, t: &[f32]) -> Vec<f32> {
-        let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let shift = self.config.freq_shift as f32;
-        let ln = -(10000f64.ln() as f32);
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| ((ln * i as f32) / (half as f32 - shift)).exp())
-            .collect();
-        let mut out = vec![0.0f32; t.len() * dim];
-        for (n, &tn) in t.iter().enumerate() {
-            let row = &mut out[n * dim..(n + 1) * dim];
-            for (i, &f) in freqs.iter().enumerate() {
-                let a = tn * f;
-                let (s, c) = (a.sin(), a.cos());
-                if self.config.flip_sin_to_cos {
-                    row[i] = c;
-                    row[half + i] = s;
-                } else {
-                    row[i] = s;
-                    row[half + i] = c;
-                }
-            }
+        let freqs = time_freqs(&self.config);
+        let mut out = Vec::with_capacity(t.len() * 2 * freqs.len());
+        for &tn in t {
+            out.extend(crate::backend::state::timestep_features(
+                &freqs,
+                tn,
+                1,
+                self.config.flip_sin_to_cos,
+            ));
         }
         out
     }
@@ -304,8 +296,19 @@ impl UNet {
         let n = t.len();
         let dim = self.config.block_out_channels[0];
         let feats = b.upload(&[n, dim], &self.timestep_features(t))?;
-        let h = b.linear(&feats, &self.time_lin1, Activation::Silu, None)?;
-        let emb = match (&self.class_embedding, class) {
+        let rows = self.class_rows(b, class, n)?;
+        self.embedding_from(b, &feats, rows.as_ref())
+    }
+
+    /// The class embedding rows `[n, time_embed_dim]` of `class` on the backend (`None` for an
+    /// unconditional model); an error when labels are missing, superfluous or out of range.
+    pub fn class_rows(
+        &self,
+        b: &dyn Backend,
+        class: Option<&[usize]>,
+        n: usize,
+    ) -> Result<Option<Tensor>> {
+        match (&self.class_embedding, class) {
             (Some(table), Some(cls)) => {
                 if cls.len() != n {
                     return Err(Error::arg(format!(
@@ -319,21 +322,34 @@ impl UNet {
                     config::check_class(&self.config, c)?;
                     rows.extend_from_slice(&table[c * d..(c + 1) * d]);
                 }
-                let ce = b.upload(&[n, d], &rows)?;
-                b.linear(&h, &self.time_lin2, Activation::None, Some(&ce))?
+                Ok(Some(b.upload(&[n, d], &rows)?))
             }
-            (Some(_), None) => {
-                return Err(Error::arg(
-                    "the model is class-conditional: class labels are required",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::arg(
-                    "class labels given, but the model is not class-conditional",
-                ));
-            }
-            (None, None) => b.linear(&h, &self.time_lin2, Activation::None, None)?,
-        };
+            (Some(_), None) => Err(Error::arg(
+                "the model is class-conditional: class labels are required",
+            )),
+            (None, Some(_)) => Err(Error::arg(
+                "class labels given, but the model is not class-conditional",
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The sinusoidal features `[rows, block_out_channels[0]]` of one timestep `t` for every
+    /// row, computed on the backend (nothing is uploaded).
+    pub fn step_features(&self, b: &dyn Backend, t: f32, rows: usize) -> Result<Tensor> {
+        b.timestep_features(&self.time_freqs, t, rows, self.config.flip_sin_to_cos)
+    }
+
+    /// The embedding from timestep features `[n, block_out_channels[0]]` and class rows (from
+    /// [`UNet::class_rows`]).
+    pub fn embedding_from(
+        &self,
+        b: &dyn Backend,
+        feats: &Tensor,
+        class_rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = b.linear(feats, &self.time_lin1, Activation::Silu, None)?;
+        let emb = b.linear(&h, &self.time_lin2, Activation::None, class_rows)?;
         b.activation(&emb, Activation::Silu)
     }
 
@@ -373,7 +389,29 @@ impl UNet {
             x.clone()
         };
         let temb = self.embedding(b, t, class)?;
-        let mut h = b.conv2d(&x, &self.conv_in, None)?;
+        self.trunk_from(b, &x, &temb)
+    }
+
+    /// [`UNet::trunk`] from the model's input as it enters `conv_in` (already centered for a
+    /// model with `center_input_sample`) and the embedding (from [`UNet::embedding_from`]).
+    pub fn trunk_from(&self, b: &dyn Backend, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let cfg = &self.config;
+        if c != cfg.in_channels || h != w || h % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
+            return Err(Error::arg(format!(
+                "input {:?} does not fit the model ({} channels, spatial size divisible by {})",
+                x.shape(),
+                cfg.in_channels,
+                1 << (cfg.block_out_channels.len() - 1)
+            )));
+        }
+        if temb.shape().first() != Some(&n) {
+            return Err(Error::arg(format!(
+                "embedding {:?} for a batch of {n}",
+                temb.shape()
+            )));
+        }
+        let mut h = b.conv2d(x, &self.conv_in, None)?;
         let mut skips = vec![h.clone()];
         for blk in &self.down {
             for (j, rn) in blk.resnets.iter().enumerate() {
@@ -493,4 +531,15 @@ impl UNet {
         );
         s
     }
+}
+
+/// The frequencies of diffusers' `get_timestep_embedding` for `block_out_channels[0]` features:
+/// `exp(-ln(10000) * i / (half - freq_shift))`, in f32 as diffusers computes them.
+fn time_freqs(cfg: &UNetConfig) -> Vec<f32> {
+    let half = cfg.block_out_channels[0] / 2;
+    let shift = cfg.freq_shift as f32;
+    let ln = -(10000f64.ln() as f32);
+    (0..half)
+        .map(|i| ((ln * i as f32) / (half as f32 - shift)).exp())
+        .collect()
 }

@@ -1,0 +1,173 @@
+// The sampler on the device: its f32 state x_t, the Philox4x32-10 noise streams of the host
+// (src/rng.rs), the DDIM/DDPM update (src/sampler/mod.rs `apply_step`), the conversions between
+// the state and the trunk's bf16 input, the row copies of the member schedules and the
+// sinusoidal timestep features. Grid-stride loops; every value depends only on its indices, so
+// results do not depend on the launch geometry.
+//
+// Bit-exactness with the host: every multiply, add and divide of the update is rounded
+// separately (__fmul_rn / __fadd_rn / __fdiv_rn: no contraction into FMA), as the host computes
+// it; the uniforms are exact; sqrtf is IEEE. logf, sinf and cosf are CUDA's full-precision
+// functions (1-2 ulp), so on a GPU a normal number agrees with the host's to a few ulps (exactly
+// in the emulation, which uses the host's functions).
+#include "uq_common.cuh"
+
+/// Philox4x32 with 10 rounds (Random123): `c` is the counter in, the block out.
+__device__ __forceinline__ void uq_philox4x32_10(unsigned c[4], unsigned k0, unsigned k1) {
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        const unsigned long long p0 = (unsigned long long)0xD2511F53u * c[0];
+        const unsigned long long p1 = (unsigned long long)0xCD9E8D57u * c[2];
+        const unsigned n0 = (unsigned)(p1 >> 32) ^ c[1] ^ k0;
+        const unsigned n1 = (unsigned)p1;
+        const unsigned n2 = (unsigned)(p0 >> 32) ^ c[3] ^ k1;
+        const unsigned n3 = (unsigned)p0;
+        c[0] = n0;
+        c[1] = n1;
+        c[2] = n2;
+        c[3] = n3;
+    }
+}
+
+/// Element `j` of the standard normals a fresh host `Stream::new(seed, index, purpose, sub)`
+/// gives to `fill_normal`: block `j / 4`, Box-Muller on the words (w0, w1) for elements 4q, 4q+1
+/// and (w2, w3) for 4q+2, 4q+3 (cos for the even element, sin for the odd one).
+__device__ __forceinline__ float uq_stream_normal(unsigned k0, unsigned k1, unsigned idx_lo, unsigned idx_hi,
+                                                  unsigned purpose, unsigned sub, unsigned long long j) {
+    unsigned c[4] = {(unsigned)(j >> 2), idx_lo, purpose | (idx_hi << 8), sub};
+    uq_philox4x32_10(c, k0, k1);
+    const int q = (int)(j & 3);
+    const unsigned a = q < 2 ? c[0] : c[2];
+    const unsigned b = q < 2 ? c[1] : c[3];
+    const float u1 = (float)((a >> 8) + 1u) * 5.9604644775390625e-8f;  // exact: 24-bit integer x 2^-24
+    const float u2 = (float)(b >> 8) * 5.9604644775390625e-8f;
+    const float r = sqrtf(__fmul_rn(-2.0f, logf(u1)));
+    const float theta = __fmul_rn(6.2831855f, u2);
+    return __fmul_rn(r, (q & 1) ? sinf(theta) : cosf(theta));
+}
+
+/// The NCHW generation index of NHWC element `p` of a sample with `c` channels and `hw` pixels.
+__device__ __forceinline__ unsigned long long uq_nchw_index(long long p, int c, int hw) {
+    const long long pixel = p / c;
+    const int ch = (int)(p - pixel * c);
+    return (unsigned long long)ch * (unsigned long long)hw + (unsigned long long)pixel;
+}
+
+/// y = the normals of stream (key, sample index, purpose, sub) per sample, NHWC `[rows, hw, c]`
+/// f32, each sample's numbers repeated on its `rows_per_sample` consecutive rows. `index_words`
+/// holds each sample's index as (low, high) 32-bit words; `n = rows * hw * c`.
+extern "C" __global__ void normal_state_f32(float* __restrict__ y, const unsigned* __restrict__ index_words,
+                                            unsigned k0, unsigned k1, unsigned purpose, unsigned sub, int c, int hw,
+                                            int rows_per_sample, long long n) {
+    const long long per = (long long)hw * c;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / per;
+        const long long sample = row / rows_per_sample;
+        const unsigned long long j = uq_nchw_index(i - row * per, c, hw);
+        y[i] = uq_stream_normal(k0, k1, index_words[2 * sample], index_words[2 * sample + 1], purpose, sub, j);
+    }
+}
+
+/// One sampler step, `apply_step` of src/sampler/mod.rs element-wise: `x` the state (f32), `m`
+/// the model output (bf16) at it, `y` the next state. The step noise (when `noise_scale != 0`)
+/// is generated here from the samples' StepNoise streams (purpose `purpose`, sub = `sub`), the
+/// same number on each of a sample's `rows_per_sample` rows. `prediction`: 0 epsilon,
+/// 1 v_prediction, 2 sample.
+extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const bf16* __restrict__ m,
+                                            float* __restrict__ y, const unsigned* __restrict__ index_words,
+                                            unsigned k0, unsigned k1, unsigned purpose, unsigned sub, int c, int hw,
+                                            int rows_per_sample, long long n, int prediction, int clip,
+                                            float clip_range, float sqrt_alpha, float sqrt_beta,
+                                            float pred_original_coeff, float pred_epsilon_coeff,
+                                            float current_sample_coeff, float noise_scale) {
+    const long long per = (long long)hw * c;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const float xv = x[i];
+        const float mv = uq_ld(m + i);
+        float x0;
+        if (prediction == 0)
+            x0 = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_beta, mv)), sqrt_alpha);
+        else if (prediction == 1)
+            x0 = __fadd_rn(__fmul_rn(sqrt_alpha, xv), -__fmul_rn(sqrt_beta, mv));
+        else
+            x0 = mv;
+        float eps = 0.0f;
+        if (pred_epsilon_coeff != 0.0f) {
+            if (prediction == 0)
+                eps = mv;
+            else if (prediction == 1)
+                eps = __fadd_rn(__fmul_rn(sqrt_alpha, mv), __fmul_rn(sqrt_beta, xv));
+            else
+                eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
+        }
+        // Comparisons, not fminf/fmaxf: a NaN stays NaN (as Rust's clamp keeps it), so a diverged
+        // sample is still detected after the step.
+        if (clip != 0) x0 = x0 < -clip_range ? -clip_range : (x0 > clip_range ? clip_range : x0);
+        float out = __fmul_rn(pred_original_coeff, x0);
+        if (pred_epsilon_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(pred_epsilon_coeff, eps));
+        if (current_sample_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(current_sample_coeff, xv));
+        if (noise_scale != 0.0f) {
+            const long long row = i / per;
+            const long long sample = row / rows_per_sample;
+            const unsigned long long j = uq_nchw_index(i - row * per, c, hw);
+            const float z =
+                uq_stream_normal(k0, k1, index_words[2 * sample], index_words[2 * sample + 1], purpose, sub, j);
+            out = __fadd_rn(out, __fmul_rn(noise_scale, z));
+        }
+        y[i] = out;
+    }
+}
+
+/// The trunk's bf16 input from the state: `y = x` or, for a model with `center_input_sample`,
+/// `y = 2x - 1` (computed in f32, rounded once).
+extern "C" __global__ void state_to_input_bf16(const float* __restrict__ x, bf16* __restrict__ y, long long n,
+                                               int center) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        uq_st(y + i, center ? __fadd_rn(__fmul_rn(2.0f, x[i]), -1.0f) : x[i]);
+}
+
+/// Row `r` of `y` is row `r / k` of `x` (each row of `per` values repeated `k` times);
+/// `n = rows_out * per`.
+extern "C" __global__ void repeat_rows_f32(const float* __restrict__ x, float* __restrict__ y, long long per, int k,
+                                           long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / per;
+        y[i] = x[(row / k) * per + (i - row * per)];
+    }
+}
+
+/// The bf16 twin of `repeat_rows_f32` (trunk features shared by every member).
+extern "C" __global__ void repeat_rows_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, long long per, int k,
+                                            long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / per;
+        y[i] = x[(row / k) * per + (i - row * per)];
+    }
+}
+
+/// Row `r` of `y` is row `r * k` of `x` (the first member of every sample); `n = rows_out * per`.
+extern "C" __global__ void every_kth_row_f32(const float* __restrict__ x, float* __restrict__ y, long long per,
+                                             int k, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / per;
+        y[i] = x[row * k * per + (i - row * per)];
+    }
+}
+
+/// Sinusoidal timestep features `[rows, 2 * half]` (bf16) of one timestep `t` for every row:
+/// `a = t * freqs[i]`, `(sin a, cos a)` in the halves, or `(cos a, sin a)` with `flip`.
+extern "C" __global__ void timestep_features_bf16(const float* __restrict__ freqs, bf16* __restrict__ y, int rows,
+                                                  int half, float t, int flip) {
+    const long long n = (long long)rows * half;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / half;
+        const int f = (int)(i - row * half);
+        const float a = __fmul_rn(t, freqs[f]);
+        const float s = sinf(a), co = cosf(a);
+        bf16* out = y + row * 2 * half;
+        uq_st(out + f, flip ? co : s);
+        uq_st(out + half + f, flip ? s : co);
+    }
+}

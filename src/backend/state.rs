@@ -1,0 +1,213 @@
+//! The sampler's state on a backend: the f32 sample `x_t` of every member row, its noise and its
+//! update, and the row copies of the member schedules. These are the host definitions, which the
+//! CPU backend uses as they are and every device backend must match (the CUDA backend's kernels
+//! in `kernels/sampler.cu`, bit for bit in the emulation).
+//!
+//! A state tensor is NHWC `[rows, s, s, c]` f32; on a device backend it stays in device memory
+//! from `x_T` to the final sample, so nothing moves between host and device per step.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::layout::nchw_to_nhwc;
+use crate::rng::{Purpose, Stream};
+use crate::sampler::{apply_step, StepCoefficients};
+use crate::tensor::{Storage, Tensor};
+
+/// Bytes moved between host and device memory and kernels launched, since the backend was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub host_to_device_bytes: u64,
+    pub device_to_host_bytes: u64,
+    pub launches: u64,
+}
+
+/// The sample indices of a batch, as a backend keeps them for generating noise
+/// ([`crate::backend::Backend::sample_streams`]): on the host the indices themselves.
+#[derive(Debug)]
+pub struct HostStreams(pub Vec<u64>);
+
+/// The noise a stochastic step adds: the step noise of each sample's streams (`Purpose::StepNoise`,
+/// sub = `step`), the same numbers on each of a sample's `rows_per_sample` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct StepNoise<'a> {
+    /// From [`crate::backend::Backend::sample_streams`].
+    pub streams: &'a Tensor,
+    pub seed: u64,
+    pub step: u32,
+    pub rows_per_sample: usize,
+}
+
+fn host<'a>(x: &'a Tensor, what: &str) -> Result<&'a [f32]> {
+    x.host_data().ok_or_else(|| {
+        Error::arg(format!(
+            "{what}: tensor {:?} is not in host memory",
+            x.shape()
+        ))
+    })
+}
+
+/// The indices behind a host streams handle.
+pub fn host_streams(streams: &Tensor) -> Result<&[u64]> {
+    match streams.storage() {
+        Storage::Device(any) => any
+            .downcast_ref::<HostStreams>()
+            .map(|s| s.0.as_slice())
+            .ok_or_else(|| Error::arg("sample streams of another backend")),
+        Storage::Host(_) => Err(Error::arg(
+            "sample streams must come from Backend::sample_streams",
+        )),
+    }
+}
+
+/// A host streams handle for `indices`. Indices must lie below 2^56 (the streams' index range).
+pub fn sample_streams(indices: &[usize]) -> Result<Tensor> {
+    if let Some(&i) = indices.iter().find(|&&i| i as u64 >= 1 << 56) {
+        return Err(Error::arg(format!(
+            "sample index {i} is 2^56 or more (the random streams' range)"
+        )));
+    }
+    Ok(Tensor::device(
+        vec![indices.len()],
+        Arc::new(HostStreams(indices.iter().map(|&i| i as u64).collect())),
+    ))
+}
+
+/// The normals of stream (seed, index, purpose, sub) for `c * s * s` values, generated in NCHW
+/// order (as `fill_normal` fills them) and returned NHWC.
+pub fn stream_normals(seed: u64, index: u64, purpose: Purpose, sub: u32, c: usize, s: usize) -> Vec<f32> {
+    let mut z = vec![0.0f32; c * s * s];
+    Stream::new(seed, index, purpose, sub).fill_normal(&mut z);
+    nchw_to_nhwc(&z, 1, c, s, s)
+}
+
+/// `[n * repeat, s, s, c]`: every sample's normals (see [`stream_normals`]) on `repeat` rows.
+pub fn normal_state(
+    streams: &Tensor,
+    seed: u64,
+    purpose: Purpose,
+    sub: u32,
+    c: usize,
+    s: usize,
+    repeat: usize,
+) -> Result<Tensor> {
+    let idx = host_streams(streams)?;
+    let mut out = Vec::with_capacity(idx.len() * repeat * c * s * s);
+    for &i in idx {
+        let z = stream_normals(seed, i, purpose, sub, c, s);
+        for _ in 0..repeat {
+            out.extend_from_slice(&z);
+        }
+    }
+    Ok(Tensor::host(vec![idx.len() * repeat, s, s, c], out))
+}
+
+/// The next state: [`apply_step`] on every element of `x` with the model output `m` at it.
+pub fn sampler_step(
+    coeffs: &StepCoefficients,
+    m: &Tensor,
+    x: &Tensor,
+    noise: Option<&StepNoise>,
+) -> Result<Tensor> {
+    let (xs, ms) = (host(x, "sampler_step")?, host(m, "sampler_step")?);
+    if m.shape() != x.shape() || x.shape().len() != 4 {
+        return Err(Error::arg(format!(
+            "sampler_step: model output {:?} for state {:?}",
+            m.shape(),
+            x.shape()
+        )));
+    }
+    let mut out = xs.to_vec();
+    if coeffs.noise_scale != 0.0 {
+        let nz = noise.ok_or_else(|| {
+            Error::arg(format!(
+                "step at timestep {} adds noise, but none was given",
+                coeffs.timestep
+            ))
+        })?;
+        let (c, s) = (x.shape()[3], x.shape()[1]);
+        let z = normal_state(
+            nz.streams,
+            nz.seed,
+            Purpose::StepNoise,
+            nz.step,
+            c,
+            s,
+            nz.rows_per_sample,
+        )?;
+        let zs = host(&z, "sampler_step noise")?;
+        if zs.len() != out.len() {
+            return Err(Error::arg(format!(
+                "sampler_step: noise for {} rows, state has {}",
+                z.shape()[0],
+                x.shape()[0]
+            )));
+        }
+        for ((o, &mv), &zv) in out.iter_mut().zip(ms).zip(zs) {
+            *o = apply_step(coeffs, mv, *o, zv);
+        }
+    } else {
+        for (o, &mv) in out.iter_mut().zip(ms) {
+            *o = apply_step(coeffs, mv, *o, 0.0);
+        }
+    }
+    Ok(Tensor::host(x.shape().to_vec(), out))
+}
+
+/// Every row of `x` (the leading dimension) repeated `k` times, sample-major.
+pub fn repeat_rows(x: &Tensor, k: usize) -> Result<Tensor> {
+    let xs = host(x, "repeat_rows")?;
+    let rows = x.shape().first().copied().unwrap_or(0);
+    let per = if rows == 0 { 0 } else { xs.len() / rows };
+    let mut out = Vec::with_capacity(xs.len() * k);
+    for row in xs.chunks_exact(per.max(1)) {
+        for _ in 0..k {
+            out.extend_from_slice(row);
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    if let Some(r) = shape.first_mut() {
+        *r *= k;
+    }
+    Ok(Tensor::host(shape, out))
+}
+
+/// Rows `0, k, 2k, ...` of `x`: the first member of every sample.
+pub fn every_kth_row(x: &Tensor, k: usize) -> Result<Tensor> {
+    let xs = host(x, "every_kth_row")?;
+    let rows = x.shape().first().copied().unwrap_or(0);
+    if k == 0 || rows % k != 0 {
+        return Err(Error::arg(format!(
+            "every_kth_row: {rows} rows are not a multiple of {k}"
+        )));
+    }
+    let per = if rows == 0 { 0 } else { xs.len() / rows };
+    let out: Vec<f32> = xs
+        .chunks_exact(per.max(1))
+        .step_by(k)
+        .flatten()
+        .copied()
+        .collect();
+    let mut shape = x.shape().to_vec();
+    shape[0] = rows / k;
+    Ok(Tensor::host(shape, out))
+}
+
+/// The sinusoidal features `[rows, 2 * freqs.len()]` of timestep `t`: `(sin, cos)` of `t * f`
+/// per frequency, or `(cos, sin)` with `flip` (diffusers' `get_timestep_embedding`).
+pub fn timestep_features(freqs: &[f32], t: f32, rows: usize, flip: bool) -> Vec<f32> {
+    let half = freqs.len();
+    let mut row = vec![0.0f32; 2 * half];
+    for (i, &f) in freqs.iter().enumerate() {
+        let a = t * f;
+        let (s, c) = (a.sin(), a.cos());
+        if flip {
+            row[i] = c;
+            row[half + i] = s;
+        } else {
+            row[i] = s;
+            row[half + i] = c;
+        }
+    }
+    row.repeat(rows)
+}
