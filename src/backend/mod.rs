@@ -278,7 +278,10 @@ pub trait Backend: Send + Sync {
             return Ok(x.clone());
         }
         let v = self.download(x)?;
-        self.upload(x.shape(), &v.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>())
+        self.upload(
+            x.shape(),
+            &v.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>(),
+        )
     }
     /// Every row (leading index) repeated `k` times, sample-major; state or activations.
     fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {
@@ -290,13 +293,7 @@ pub trait Backend: Send + Sync {
     }
     /// Sinusoidal features `[rows, 2 * half]` of timestep `t` for every row, from the
     /// frequencies `freqs` (`[half]`, from [`Backend::upload_params`]).
-    fn timestep_features(
-        &self,
-        freqs: &Tensor,
-        t: f32,
-        rows: usize,
-        flip: bool,
-    ) -> Result<Tensor> {
+    fn timestep_features(&self, freqs: &Tensor, t: f32, rows: usize, flip: bool) -> Result<Tensor> {
         let f = self.download(freqs)?;
         let v = state::timestep_features(&f, t, rows, flip);
         self.upload(&[rows, 2 * f.len()], &v)

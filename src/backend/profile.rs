@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers};
+use crate::backend::{
+    Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers,
+};
+use crate::error::Result;
 use crate::rng::Purpose;
 use crate::sampler::StepCoefficients;
-use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Times the ops of the wrapped backend.
@@ -155,13 +157,17 @@ impl Backend for Profiled {
         self.inner.prepare_members(convs)
     }
     fn conv2d_member_stack(&self, x: &Tensor, members: &Members) -> Result<Tensor> {
-        self.time("conv2d_members", || self.inner.conv2d_member_stack(x, members))
+        self.time("conv2d_members", || {
+            self.inner.conv2d_member_stack(x, members)
+        })
     }
     fn upload_params(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         self.inner.upload_params(shape, data)
     }
     fn state_from_host(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        self.time("state_from_host", || self.inner.state_from_host(shape, data))
+        self.time("state_from_host", || {
+            self.inner.state_from_host(shape, data)
+        })
     }
     fn state_to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
         self.time("state_to_host", || self.inner.state_to_host(x))
@@ -191,7 +197,9 @@ impl Backend for Profiled {
         x: &Tensor,
         noise: Option<&StepNoise>,
     ) -> Result<Tensor> {
-        self.time("sampler_step", || self.inner.sampler_step(coeffs, m, x, noise))
+        self.time("sampler_step", || {
+            self.inner.sampler_step(coeffs, m, x, noise)
+        })
     }
     fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {
         self.time("state_as_input", || self.inner.state_as_input(x, center))
@@ -202,13 +210,7 @@ impl Backend for Profiled {
     fn every_kth_row(&self, x: &Tensor, k: usize) -> Result<Tensor> {
         self.time("every_kth_row", || self.inner.every_kth_row(x, k))
     }
-    fn timestep_features(
-        &self,
-        freqs: &Tensor,
-        t: f32,
-        rows: usize,
-        flip: bool,
-    ) -> Result<Tensor> {
+    fn timestep_features(&self, freqs: &Tensor, t: f32, rows: usize, flip: bool) -> Result<Tensor> {
         self.time("timestep_features", || {
             self.inner.timestep_features(freqs, t, rows, flip)
         })

@@ -75,7 +75,14 @@ pub fn sample_streams(indices: &[usize]) -> Result<Tensor> {
 
 /// The normals of stream (seed, index, purpose, sub) for `c * s * s` values, generated in NCHW
 /// order (as `fill_normal` fills them) and returned NHWC.
-pub fn stream_normals(seed: u64, index: u64, purpose: Purpose, sub: u32, c: usize, s: usize) -> Vec<f32> {
+pub fn stream_normals(
+    seed: u64,
+    index: u64,
+    purpose: Purpose,
+    sub: u32,
+    c: usize,
+    s: usize,
+) -> Vec<f32> {
     let mut z = vec![0.0f32; c * s * s];
     Stream::new(seed, index, purpose, sub).fill_normal(&mut z);
     nchw_to_nhwc(&z, 1, c, s, s)

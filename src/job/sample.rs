@@ -365,6 +365,16 @@ impl SampleJob {
             "seconds_sampling": sample_seconds,
             "seconds_total": started.elapsed().as_secs_f64(),
         });
+        let mut summary = summary;
+        if let Some(t) = backend.transfers() {
+            // What crossed between host and device in this process (a resumed run counts only
+            // the batches it computed).
+            summary["device_transfers"] = json!({
+                "host_to_device_bytes": t.host_to_device_bytes,
+                "device_to_host_bytes": t.device_to_host_bytes,
+                "launches": t.launches,
+            });
+        }
         write_summary(&dir, &summary)?;
         let out_dir = dir.publish()?;
         Ok(JobReport {

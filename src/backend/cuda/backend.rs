@@ -1013,7 +1013,12 @@ impl Backend for CudaBackend {
                         nz.rows_per_sample
                     )
                 })?;
-                (self.u32s(nz.streams)?.ptr(), nz.seed, nz.step, nz.rows_per_sample)
+                (
+                    self.u32s(nz.streams)?.ptr(),
+                    nz.seed,
+                    nz.step,
+                    nz.rows_per_sample,
+                )
             }
         };
         let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
@@ -1141,13 +1146,7 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(shape, CudaStorage::F32(y)))
     }
 
-    fn timestep_features(
-        &self,
-        freqs: &Tensor,
-        t: f32,
-        rows: usize,
-        flip: bool,
-    ) -> Result<Tensor> {
+    fn timestep_features(&self, freqs: &Tensor, t: f32, rows: usize, flip: bool) -> Result<Tensor> {
         let half = freqs.numel();
         let n = rows * 2 * half;
         i32_of(n, "tensor size")?;

@@ -1,0 +1,415 @@
+//! The sampler on the device (kernels/sampler.cu) against the host definitions of
+//! `uqengine::backend::state` and `uqengine::rng`: the Philox noise streams, the DDIM/DDPM update
+//! for every prediction type, clipping and sampler, the state/input conversion, the member
+//! schedules' row copies, the timestep features and the members prepared once; and the transfer
+//! accounting of a whole run: the same bytes cross between host and device for 4 and for 8
+//! steps. Runs on the emulated device (feature `emu`) and, when present, on GPU 0.
+//!
+//! The emulation computes with the host's math library, so it must agree bit for bit; a GPU's
+//! `logf`/`sinf`/`cosf` differ from the host's by an ulp or two, which the noise tolerance allows.
+
+mod common;
+
+use std::sync::Arc;
+
+use uqengine::backend::cpu::CpuBackend;
+use uqengine::backend::cuda::gpu::GpuDevice;
+use uqengine::backend::cuda::CudaBackend;
+use uqengine::backend::{Backend, ConvSpec, StepNoise};
+use uqengine::rng::{Purpose, Stream};
+use uqengine::sampler::{PredictionType, Sampler, SamplerKind, SchedulerConfig, VarianceType};
+use uqengine::Tensor;
+
+/// The device backends under test, each with whether it must agree bit for bit.
+fn devices() -> Vec<(Arc<dyn Backend>, bool)> {
+    let mut v: Vec<(Arc<dyn Backend>, bool)> = Vec::new();
+    #[cfg(feature = "emu")]
+    v.push((
+        Arc::new(CudaBackend::new(Arc::new(
+            uqengine::backend::cuda::emu::EmuDevice::new(),
+        ))),
+        true,
+    ));
+    #[cfg(not(feature = "emu"))]
+    eprintln!("skipping the emulated device: build with --features emu");
+    match GpuDevice::new(0) {
+        Ok(d) => v.push((Arc::new(CudaBackend::new(Arc::new(d))), false)),
+        Err(e) => eprintln!("skipping GPU: {e}"),
+    }
+    v
+}
+
+/// Distance in units in the last place (0 for two NaNs).
+fn ulps(a: f32, b: f32) -> u32 {
+    if a.is_nan() && b.is_nan() {
+        return 0;
+    }
+    if a.is_nan() || b.is_nan() {
+        return u32::MAX;
+    }
+    let key = |x: f32| {
+        let i = x.to_bits() as i32;
+        if i < 0 {
+            i32::MIN - i
+        } else {
+            i
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+fn max_ulps(got: &[f32], want: &[f32]) -> u32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(&a, &b)| ulps(a, b))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Deterministic values in [-scale, scale), rounded to bf16 (what a model output holds).
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            half::bf16::from_f32(u * scale).to_f32()
+        })
+        .collect()
+}
+
+/// Sample indices with odd gaps, one above 2^32 (its high word shares the purpose word).
+const INDICES: [usize; 3] = [0, 7, (1 << 33) + 5];
+
+#[test]
+fn device_noise_equals_the_host_streams() {
+    let (c, s, repeat) = (3, 5, 2);
+    for (dev, exact) in devices() {
+        let streams = dev.sample_streams(&INDICES).unwrap();
+        for (purpose, sub) in [(Purpose::InitialNoise, 0), (Purpose::StepNoise, 17)] {
+            let got = dev
+                .state_to_host(
+                    &dev.normal_state(&streams, 0xdead_beef_0123, purpose, sub, c, s, repeat)
+                        .unwrap(),
+                )
+                .unwrap();
+            // The host streams, by `Stream::fill_normal` in NCHW order, rows repeated.
+            let mut want = Vec::new();
+            for &i in &INDICES {
+                let mut z = vec![0.0f32; c * s * s];
+                Stream::new(0xdead_beef_0123, i as u64, purpose, sub).fill_normal(&mut z);
+                let nhwc = uqengine::layout::nchw_to_nhwc(&z, 1, c, s, s);
+                for _ in 0..repeat {
+                    want.extend_from_slice(&nhwc);
+                }
+            }
+            let d = max_ulps(&got, &want);
+            println!("{} {purpose:?}: max {d} ulp", dev.name());
+            assert!(
+                d <= if exact { 0 } else { 4 },
+                "{} {purpose:?}: noise differs from the host streams by {d} ulp",
+                dev.name()
+            );
+        }
+    }
+}
+
+/// Sampler configurations covering every branch of the update.
+fn samplers() -> Vec<(String, Sampler)> {
+    let mut v = Vec::new();
+    for pred in [
+        PredictionType::Epsilon,
+        PredictionType::VPrediction,
+        PredictionType::Sample,
+    ] {
+        for clip in [true, false] {
+            let cfg = SchedulerConfig {
+                prediction_type: pred,
+                clip_sample: clip,
+                clip_sample_range: 0.8,
+                variance_type: VarianceType::FixedLarge,
+                ..SchedulerConfig::default()
+            };
+            for (name, kind) in [
+                ("ddim", SamplerKind::Ddim { eta: 0.0 }),
+                ("ddim eta 0.7", SamplerKind::Ddim { eta: 0.7 }),
+                ("ddpm", SamplerKind::Ddpm),
+            ] {
+                v.push((
+                    format!("{name} {pred:?} clip {clip}"),
+                    Sampler::new(&cfg, kind, 5).unwrap(),
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn device_sampler_step_equals_apply_step() {
+    let cpu = CpuBackend::new();
+    let (rows_per_sample, s, c) = (2, 3, 5);
+    let rows = INDICES.len() * rows_per_sample;
+    let shape = [rows, s, s, c];
+    let n = rows * s * s * c;
+    let mut x = values(n, 1, 1.5);
+    x[4] = f32::NAN; // a diverged element stays NaN (never clamped into range)
+    let m = values(n, 2, 2.0);
+    for (dev, exact) in devices() {
+        let (sd, sc) = (
+            dev.sample_streams(&INDICES).unwrap(),
+            cpu.sample_streams(&INDICES).unwrap(),
+        );
+        for (name, sampler) in samplers() {
+            for step in 0..sampler.num_steps() {
+                let co = sampler.step_coefficients(step);
+                let noise = |streams| StepNoise {
+                    streams,
+                    seed: 42,
+                    step: step as u32,
+                    rows_per_sample,
+                };
+                let want = cpu
+                    .sampler_step(
+                        &co,
+                        &cpu.upload(&shape, &m).unwrap(),
+                        &cpu.state_from_host(&shape, &x).unwrap(),
+                        Some(&noise(&sc)),
+                    )
+                    .unwrap();
+                let got = dev
+                    .sampler_step(
+                        &co,
+                        &dev.upload(&shape, &m).unwrap(),
+                        &dev.state_from_host(&shape, &x).unwrap(),
+                        Some(&noise(&sd)),
+                    )
+                    .unwrap();
+                let (g, w) = (
+                    dev.state_to_host(&got).unwrap(),
+                    cpu.state_to_host(&want).unwrap(),
+                );
+                // The NaN survives the clamp (compared as equal by `ulps`, a number against it is
+                // the largest distance).
+                if name.contains("Epsilon clip true") {
+                    assert!(
+                        w[4].is_nan() && g[4].is_nan(),
+                        "{name} step {step}: NaN lost"
+                    );
+                }
+                let d = max_ulps(&g, &w);
+                // A GPU's noise differs by a few ulp; scaled and added, the sum by a few more.
+                assert!(
+                    d <= if exact { 0 } else { 16 },
+                    "{name} step {step} on {}: {d} ulp from apply_step",
+                    dev.name()
+                );
+            }
+            // A step that adds noise without any is an error.
+            let noisy = (0..sampler.num_steps()).find(|&i| sampler.needs_noise(i));
+            if let Some(i) = noisy {
+                let co = sampler.step_coefficients(i);
+                let r = dev.sampler_step(
+                    &co,
+                    &dev.upload(&shape, &m).unwrap(),
+                    &dev.state_from_host(&shape, &x).unwrap(),
+                    None,
+                );
+                assert!(r.is_err(), "{name}: a noisy step without noise ran");
+            }
+        }
+    }
+}
+
+#[test]
+fn state_conversions_and_row_copies_match_the_host() {
+    let cpu = CpuBackend::new();
+    let (rows, s, c, k) = (6, 3, 2, 3);
+    let shape = [rows, s, s, c];
+    let x = values(rows * s * s * c, 3, 1.2);
+    for (dev, _) in devices() {
+        let xd = dev.state_from_host(&shape, &x).unwrap();
+        let xc = cpu.state_from_host(&shape, &x).unwrap();
+        let host = |b: &dyn Backend, t: &Tensor| b.state_to_host(t).unwrap();
+        let rep = dev.repeat_rows(&xd, k).unwrap();
+        assert_eq!(rep.shape(), [rows * k, s, s, c]);
+        assert_eq!(
+            host(&*dev, &rep),
+            host(&cpu, &cpu.repeat_rows(&xc, k).unwrap())
+        );
+        let every = dev.every_kth_row(&xd, k).unwrap();
+        assert_eq!(every.shape(), [rows / k, s, s, c]);
+        assert_eq!(
+            host(&*dev, &every),
+            host(&cpu, &cpu.every_kth_row(&xc, k).unwrap())
+        );
+        assert!(
+            dev.every_kth_row(&xd, 4).is_err(),
+            "6 rows are not 4-aligned"
+        );
+        // The trunk's input: bf16 of x, or of 2x - 1 (computed in f32, rounded once).
+        for center in [false, true] {
+            let got = dev
+                .download(&dev.state_as_input(&xd, center).unwrap())
+                .unwrap();
+            let want: Vec<f32> = x
+                .iter()
+                .map(|&v| half::bf16::from_f32(if center { 2.0 * v - 1.0 } else { v }).to_f32())
+                .collect();
+            assert_eq!(got, want, "state_as_input center {center}");
+        }
+        // Activations repeat too (trunk features shared by the members).
+        let a = values(2 * 4 * 3, 4, 1.0);
+        let ad = dev.upload(&[2, 4, 3], &a).unwrap();
+        let got = dev.download(&dev.repeat_rows(&ad, 2).unwrap()).unwrap();
+        let want: Vec<f32> = a
+            .chunks(12)
+            .flat_map(|r| r.iter().chain(r).copied().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(got, want, "repeat_rows on bf16 activations");
+    }
+}
+
+#[test]
+fn timestep_features_match_the_host() {
+    // diffusers' frequencies for 12 features, flip and not, a large timestep (range reduction).
+    let freqs: Vec<f32> = (0..6)
+        .map(|i| ((-(10000f64.ln() as f32) * i as f32) / 6.0).exp())
+        .collect();
+    for (dev, exact) in devices() {
+        let fd = dev.upload_params(&[6], &freqs).unwrap();
+        for (t, flip) in [(999.0f32, false), (3.0, true), (0.0, false)] {
+            let got = dev
+                .download(&dev.timestep_features(&fd, t, 3, flip).unwrap())
+                .unwrap();
+            let want: Vec<f32> = uqengine::backend::state::timestep_features(&freqs, t, 3, flip)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect();
+            if exact {
+                assert_eq!(got, want, "t {t} flip {flip} on {}", dev.name());
+            } else {
+                common::assert_close(&format!("t {t} flip {flip}"), &got, &want, 8e-3, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn members_prepared_once_equal_members_per_call() {
+    let spec = ConvSpec::new(5, 3, 3, 1, 1);
+    for (dev, _) in devices() {
+        let convs: Vec<_> = (0..3)
+            .map(|m| {
+                let w = values(3 * 5 * 9, 10 + m, 0.5);
+                let b = values(3, 20 + m, 0.5);
+                dev.prepare_conv(spec, &w, (m != 1).then_some(&b[..]))
+                    .unwrap()
+            })
+            .collect();
+        let x = dev
+            .upload(&[6, 4, 4, 5], &values(6 * 16 * 5, 5, 1.0))
+            .unwrap();
+        let once = dev.prepare_members(&convs).unwrap();
+        assert!(
+            once.stacked.is_some(),
+            "the CUDA backend stacks the members"
+        );
+        let a = dev
+            .download(&dev.conv2d_member_stack(&x, &once).unwrap())
+            .unwrap();
+        let b = dev
+            .download(&dev.conv2d_members(&x, &convs).unwrap())
+            .unwrap();
+        assert_eq!(a, b);
+    }
+}
+
+/// `sample` on the emulated device, 4 and 8 DDPM steps with members: everything per step stays on
+/// the device, so the bytes that cross are the same; launches grow with the steps.
+#[cfg(feature = "emu")]
+#[test]
+fn nothing_crosses_between_host_and_device_per_step() {
+    use common::{arg, fixture, uqengine_cli};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("unet/gray_cond_multihead_f16/model");
+    let clip = fixture("clip/gray_gelu_f16/model");
+    let data = tmp.path().join("data");
+    for i in 0..2u32 {
+        std::fs::create_dir_all(data.join(format!("{i}"))).unwrap();
+        image::GrayImage::from_fn(8, 8, |x, y| {
+            image::Luma([((x * 29 + y * 13 + i * 70) % 256) as u8])
+        })
+        .save(data.join(format!("{i}/{i}.png")))
+        .unwrap();
+    }
+    let post = tmp.path().join("post.safetensors");
+    let (ok, err) = uqengine_cli(&[
+        "fit",
+        "--model",
+        arg(&model),
+        "--data",
+        arg(&data),
+        "--out",
+        arg(&post),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "fit: {err}");
+    let mut counts = Vec::new();
+    for steps in ["4", "8"] {
+        let out = tmp.path().join(format!("steps{steps}"));
+        let (ok, err) = uqengine_cli(&[
+            "sample",
+            "--model",
+            arg(&model),
+            "--posterior",
+            arg(&post),
+            "--extractor",
+            arg(&clip),
+            "--num",
+            "3",
+            "--batch",
+            "2",
+            "--steps",
+            steps,
+            "--sampler",
+            "ddpm",
+            "--draws",
+            "2",
+            "--uq-schedule",
+            "branch:1",
+            "--device",
+            "emu",
+            "--out",
+            arg(&out),
+        ]);
+        assert!(ok, "sample: {err}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        let t = &summary["device_transfers"];
+        println!("{steps} steps: {t}");
+        counts.push((
+            t["host_to_device_bytes"].as_u64().unwrap(),
+            t["device_to_host_bytes"].as_u64().unwrap(),
+            t["launches"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        counts[0].0, counts[1].0,
+        "host-to-device bytes depend on the steps"
+    );
+    assert_eq!(
+        counts[0].1, counts[1].1,
+        "device-to-host bytes depend on the steps"
+    );
+    assert!(
+        counts[1].2 > counts[0].2,
+        "launches must grow with the steps"
+    );
+    // The final samples come back (3 samples x 3 members x 8x8x1 f32), nothing much else.
+    assert!(counts[0].1 >= 3 * 3 * 64 * 4);
+}
