@@ -413,3 +413,72 @@ fn nothing_crosses_between_host_and_device_per_step() {
     // The final samples come back (3 samples x 3 members x 8x8x1 f32), nothing much else.
     assert!(counts[0].1 >= 3 * 3 * 64 * 4);
 }
+
+/// The on-device entropy reduction against the host's f64 `gaussian_entropy`, with features of
+/// magnitude ~1e3 whose variance (~1e-2) f32 accumulation of e and e^2 would lose entirely; a
+/// non-finite feature gives NaN for its sample only.
+#[test]
+fn device_entropy_keeps_the_variance_of_large_features() {
+    let (n, k, d) = (5, 6, 37);
+    let noise = values(n * k * d, 30, 0.2);
+    let mut f: Vec<f32> = noise
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| 1000.0 + (i % d) as f32 * 3.0 + e * (1 + i / (k * d)) as f32)
+        .collect();
+    let opts = uqengine::uncertainty::EntropyOptions { sigma2: 1e-3 };
+    let want = uqengine::uncertainty::gaussian_entropy(&f, n, k, d, &opts).unwrap();
+    // What f32 sums of e and e^2 give: the variance cancels away (a different score).
+    let naive: f32 = {
+        let one = &f[..k * d];
+        (0..d)
+            .map(|j| {
+                let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                for m in 0..k {
+                    s1 += one[m * d + j];
+                    s2 += one[m * d + j] * one[m * d + j];
+                }
+                let v = (s2 / k as f32 - (s1 / k as f32).powi(2)).max(0.0);
+                0.5 * (v + 1e-3).ln()
+            })
+            .sum::<f32>()
+            + 0.5 * d as f32 * ((2.0 * std::f32::consts::PI).ln() + 1.0)
+    };
+    println!("f64 {:.4} vs f32 accumulation {naive:.4}", want[0]);
+    assert!(
+        (naive as f64 - want[0]).abs() > 1.0,
+        "the test features must defeat f32 sums"
+    );
+    f[3 * k * d + 5] = f32::INFINITY;
+    for (dev, _) in devices() {
+        let ft = dev.state_from_host(&[n * k, d], &f).unwrap();
+        let got = dev.member_entropy(&ft, k, 1e-3).unwrap();
+        assert_eq!(got.len(), n);
+        for i in 0..n {
+            if i == 3 {
+                assert!(got[i].is_nan(), "sample 3 has an infinite feature");
+            } else {
+                assert!(
+                    (got[i] as f64 - want[i]).abs() <= 1e-5 * want[i].abs().max(1.0),
+                    "sample {i} on {}: {} vs {}",
+                    dev.name(),
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+        // bf16 features (the extractor's output on the device): the host on the same values.
+        let fb: Vec<f32> = values(n * k * d, 31, 2.0);
+        let want_b = uqengine::uncertainty::gaussian_entropy(&fb, n, k, d, &opts).unwrap();
+        let got_b = dev
+            .member_entropy(&dev.upload(&[n * k, d], &fb).unwrap(), k, 1e-3)
+            .unwrap();
+        for i in 0..n {
+            assert!((got_b[i] as f64 - want_b[i]).abs() <= 1e-5 * want_b[i].abs().max(1.0));
+        }
+        assert!(
+            dev.member_entropy(&ft, 4, 1e-3).is_err(),
+            "30 rows are not 4-aligned"
+        );
+    }
+}

@@ -299,6 +299,14 @@ pub trait Backend: Send + Sync {
         self.upload(&[rows, 2 * f.len()], &v)
     }
 
+    /// The Gaussian entropy ([`crate::uncertainty::gaussian_entropy`]) of every sample's `k`
+    /// member features, `features` `[n * k, d]` sample-major; `NaN` for a sample with a
+    /// non-finite feature. One score per sample comes back.
+    fn member_entropy(&self, features: &Tensor, k: usize, sigma2: f64) -> Result<Vec<f32>> {
+        let f = self.download(features)?;
+        state::member_entropy(&f, features.shape(), k, sigma2)
+    }
+
     /// Host/device traffic and launches so far, on a device backend; `None` on the host.
     fn transfers(&self) -> Option<Transfers> {
         None

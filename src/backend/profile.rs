@@ -215,6 +215,11 @@ impl Backend for Profiled {
             self.inner.timestep_features(freqs, t, rows, flip)
         })
     }
+    fn member_entropy(&self, features: &Tensor, k: usize, sigma2: f64) -> Result<Vec<f32>> {
+        self.time("member_entropy", || {
+            self.inner.member_entropy(features, k, sigma2)
+        })
+    }
     fn transfers(&self) -> Option<Transfers> {
         self.inner.transfers()
     }

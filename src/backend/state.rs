@@ -218,3 +218,29 @@ pub fn timestep_features(freqs: &[f32], t: f32, rows: usize, flip: bool) -> Vec<
     }
     row.repeat(rows)
 }
+
+/// The host definition of [`crate::backend::Backend::member_entropy`]: the entropy of
+/// [`crate::uncertainty::gaussian_entropy`] per sample, `NaN` where a feature is not finite.
+pub fn member_entropy(f: &[f32], shape: &[usize], k: usize, sigma2: f64) -> Result<Vec<f32>> {
+    let (rows, d) = entropy_dims(shape, k)?;
+    let opts = crate::uncertainty::EntropyOptions { sigma2 };
+    f.chunks_exact(k * d)
+        .take(rows / k)
+        .map(|one| {
+            if one.iter().any(|v| !v.is_finite()) {
+                return Ok(f32::NAN);
+            }
+            Ok(crate::uncertainty::gaussian_entropy(one, 1, k, d, &opts)?[0] as f32)
+        })
+        .collect()
+}
+
+/// `(rows, d)` of member features `[rows, d]` with `rows` a multiple of `k >= 2`.
+pub fn entropy_dims(shape: &[usize], k: usize) -> Result<(usize, usize)> {
+    match shape {
+        [rows, d] if k >= 2 && rows % k == 0 && *d > 0 => Ok((*rows, *d)),
+        _ => Err(Error::arg(format!(
+            "member_entropy: features {shape:?} are not [n * {k}, d] with K >= 2 members"
+        ))),
+    }
+}

@@ -1168,6 +1168,49 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(vec![rows, 2 * half], CudaStorage::Bf16(y)))
     }
 
+    fn member_entropy(&self, features: &Tensor, k: usize, sigma2: f64) -> Result<Vec<f32>> {
+        let (rows, d) = crate::backend::state::entropy_dims(features.shape(), k)?;
+        let n = rows / k;
+        i32_of(rows * d, "feature count")?;
+        let mut out = DevBuf::<f32>::zeros(self.d(), n)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let hi = sigma2 as f32;
+        let lo = (sigma2 - f64::from(hi)) as f32;
+        let cfg = LaunchCfg::linear(n as u32, 128);
+        match self.storage(features)? {
+            CudaStorage::F32(b) => kernels::gaussian_entropy_f32(
+                self.d(),
+                cfg,
+                kernels::GaussianEntropyF32Args {
+                    f: b.ptr(),
+                    out: out.ptr_mut(),
+                    k: k as i32,
+                    d: d as i32,
+                    sigma2_hi: hi,
+                    sigma2_lo: lo,
+                },
+            )?,
+            CudaStorage::Bf16(b) => kernels::gaussian_entropy_bf16(
+                self.d(),
+                cfg,
+                kernels::GaussianEntropyBf16Args {
+                    f: b.ptr(),
+                    out: out.ptr_mut(),
+                    k: k as i32,
+                    d: d as i32,
+                    sigma2_hi: hi,
+                    sigma2_lo: lo,
+                },
+            )?,
+            CudaStorage::U32(_) => {
+                return Err(err("member_entropy: a sample-streams handle".into()))
+            }
+        }
+        out.to_host(self.d())
+    }
+
     fn transfers(&self) -> Option<Transfers> {
         Some(self.counted.transfers())
     }
