@@ -165,7 +165,7 @@ pub fn sampler_step(
 pub fn repeat_rows(x: &Tensor, k: usize) -> Result<Tensor> {
     let xs = host(x, "repeat_rows")?;
     let rows = x.shape().first().copied().unwrap_or(0);
-    let per = if rows == 0 { 0 } else { xs.len() / rows };
+    let per = xs.len().checked_div(rows).unwrap_or(0);
     let mut out = Vec::with_capacity(xs.len() * k);
     for row in xs.chunks_exact(per.max(1)) {
         for _ in 0..k {
@@ -188,7 +188,7 @@ pub fn every_kth_row(x: &Tensor, k: usize) -> Result<Tensor> {
             "every_kth_row: {rows} rows are not a multiple of {k}"
         )));
     }
-    let per = if rows == 0 { 0 } else { xs.len() / rows };
+    let per = xs.len().checked_div(rows).unwrap_or(0);
     let out: Vec<f32> = xs
         .chunks_exact(per.max(1))
         .step_by(k)

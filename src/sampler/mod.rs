@@ -2,8 +2,9 @@
 //!
 //! A [`Sampler`] holds the inference timesteps and, for every step, a [`StepCoefficients`]
 //! record. The update of one element is the pure function [`apply_step`]; [`Sampler::step`] is
-//! that function mapped over a buffer. Every backend runs it on the host today (the model output
-//! comes back from the device at each step); a device kernel that ports it must match it. The update is
+//! that function mapped over a buffer. The CPU backend runs it as it is; the CUDA backend runs its
+//! port, `sampler_step_f32` of `kernels/sampler.cu`, on the device state (bit-identical in the
+//! emulation, `tests/device_sampler.rs`). The update is
 //! elementwise and identical for every element, so a buffer may hold one sample or a whole batch
 //! in any layout (NHWC in the engine).
 //!

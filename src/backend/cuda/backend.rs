@@ -223,7 +223,7 @@ impl CudaBackend {
     /// The (rows, per-row values) of a state or activation tensor.
     fn rows_of(x: &Tensor) -> (usize, usize) {
         let rows = x.shape().first().copied().unwrap_or(0);
-        (rows, if rows == 0 { 0 } else { x.numel() / rows })
+        (rows, x.numel().checked_div(rows).unwrap_or(0))
     }
 
     fn state_dims(x: &Tensor, what: &str) -> Result<(usize, usize, usize)> {

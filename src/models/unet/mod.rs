@@ -415,7 +415,7 @@ impl UNet {
         let mut skips = vec![h.clone()];
         for blk in &self.down {
             for (j, rn) in blk.resnets.iter().enumerate() {
-                h = rn.forward(b, &h, &temb)?;
+                h = rn.forward(b, &h, temb)?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(b, &h)?;
                 }
@@ -426,16 +426,16 @@ impl UNet {
                 skips.push(h.clone());
             }
         }
-        h = self.mid_resnets[0].forward(b, &h, &temb)?;
+        h = self.mid_resnets[0].forward(b, &h, temb)?;
         if let Some(a) = &self.mid_attention {
             h = a.forward(b, &h)?;
         }
-        h = self.mid_resnets[1].forward(b, &h, &temb)?;
+        h = self.mid_resnets[1].forward(b, &h, temb)?;
         for blk in &self.up {
             for (j, rn) in blk.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
                 h = b.concat_channels(&h, &skip)?;
-                h = rn.forward(b, &h, &temb)?;
+                h = rn.forward(b, &h, temb)?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(b, &h)?;
                 }
