@@ -6,6 +6,11 @@
 //! (an array or an error) instead of panicking. Deterministic for a given iteration count
 //! (`UQENGINE_FUZZ_ITERS`, default 2000 per reader and seed; CI runs a longer pass); a failing input is written to
 //! `target/fuzz-failures/` and its path printed, to be added to the corpus once fixed.
+//!
+//! The corpus has one folder per reader, `tests/fixtures/fuzz/<target>/`, named as the
+//! coverage-guided targets in `fuzz/` are (`npy`, `safetensors`, `posterior`, `config`, `scores`,
+//! `png`); it holds valid seeds and the inputs that once made a reader panic, and
+//! `corpus_files_replay_without_panic` feeds every file of it to its reader.
 
 mod common;
 
@@ -121,14 +126,76 @@ fn corpus(name: &str) -> PathBuf {
     fixture(&format!("fuzz/{name}"))
 }
 
+/// Every file of the corpus folder `tests/fixtures/fuzz/<target>/`, sorted.
+fn corpus_files(target: &str) -> Vec<PathBuf> {
+    let dir = corpus(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
 const WHAT: &str = "fuzzed";
+
+/// Config text as the config target reads it: every config reader in turn; whether one of them
+/// accepted it.
+fn read_configs(b: &[u8]) -> bool {
+    let Ok(c) = JsonConfig::parse(&String::from_utf8_lossy(b), Path::new(WHAT)) else {
+        return false;
+    };
+    let unet = uqengine::models::unet::config::UNetConfig::from_json(&c).is_ok();
+    let clip = uqengine::models::clip::ClipVisionConfig::from_json(&c).is_ok();
+    let pre = uqengine::models::clip_preprocess::ClipPreprocess::from_json(&c).is_ok();
+    let sched = uqengine::sampler::SchedulerConfig::from_json(&c).is_ok();
+    unet || clip || pre || sched
+}
+
+/// The corpus folders and their readers, as the targets in `fuzz/fuzz_targets/` call them; each
+/// reader returns whether it read the input (`Ok`).
+const TARGETS: [(&str, fn(&[u8]) -> bool); 6] = [
+    ("npy", |b| uqengine::io::npy::parse(b, Path::new(WHAT)).is_ok()),
+    ("safetensors", |b| {
+        uqengine::models::weights::Weights::from_bytes(b, Path::new(WHAT)).is_ok()
+    }),
+    ("posterior", |b| {
+        uqengine::laplace::Posterior::from_bytes(b, Path::new(WHAT)).is_ok()
+    }),
+    ("config", read_configs),
+    ("scores", |b| {
+        uqengine::io::scores::parse_csv(&String::from_utf8_lossy(b), Path::new(WHAT)).is_ok()
+    }),
+    ("png", |b| {
+        uqengine::io::members::decode_png_u8(b, Path::new(WHAT)).is_ok()
+    }),
+];
+
+#[test]
+fn corpus_files_replay_without_panic() {
+    for (target, reader) in TARGETS {
+        let files = corpus_files(target);
+        assert!(!files.is_empty(), "no corpus files for `{target}`");
+        let mut read = 0;
+        for file in &files {
+            let data = std::fs::read(file).unwrap();
+            match catch_unwind(AssertUnwindSafe(|| reader(&data))) {
+                Ok(ok) => read += usize::from(ok),
+                Err(_) => panic!("{target}: the reader panicked on {}", file.display()),
+            }
+        }
+        // The valid seeds still read, so the corpus exercises more than the first checks.
+        assert!(read > 0, "{target}: no corpus file was read without error");
+    }
+}
 
 #[test]
 fn npy_reader_never_panics() {
     let seeds = [
-        corpus("f4_2x3.npy"),
-        corpus("i8_v2.npy"),
-        fixture("unet/gray_cond_multihead_f16/forward_t.npy"),
+        corpus("npy/f4_2x3.npy"),
+        corpus("npy/i8_v2.npy"),
+        corpus("npy/i8_forward_t.npy"),
     ];
     fuzz("npy", &seeds, |b| {
         let _ = uqengine::io::npy::parse(b, Path::new(WHAT));
@@ -196,7 +263,7 @@ fn config_readers_never_panic() {
 fn score_tables_and_member_images_never_panic() {
     fuzz(
         "scores-csv",
-        &[corpus("scores.csv"), corpus("scores_old.csv")],
+        &[corpus("scores/scores.csv"), corpus("scores/scores_old.csv")],
         |b| {
             let _ = uqengine::io::scores::parse_csv(&String::from_utf8_lossy(b), Path::new(WHAT));
         },

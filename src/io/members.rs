@@ -168,7 +168,13 @@ pub fn load_member_image(
 /// Decode an image file to 8-bit `(pixels [h, w, c], h, w, c)`, c = 1 (gray) or 3.
 pub fn load_png_u8(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
+    decode_png_u8(&bytes, path)
+}
+
+/// Decode the bytes of an image file (PNG, or JPEG) as [`load_png_u8`] does; `path` names them
+/// in errors. Any input gives an image or an error, never a panic.
+pub fn decode_png_u8(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
+    let img = image::load_from_memory(bytes)
         .map_err(|e| err(path, format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let gray = matches!(img.color(), image::ColorType::L8 | image::ColorType::L16);
