@@ -153,9 +153,11 @@ fn read_configs(b: &[u8]) -> bool {
     unet || clip || pre || sched
 }
 
-/// The corpus folders and their readers, as the targets in `fuzz/fuzz_targets/` call them; each
-/// reader returns whether it read the input (`Ok`).
-const TARGETS: [(&str, fn(&[u8]) -> bool); 6] = [
+/// A reader of one corpus folder: whether it read the input (`Ok`).
+type Reader = fn(&[u8]) -> bool;
+
+/// The corpus folders and their readers, as the targets in `fuzz/fuzz_targets/` call them.
+const TARGETS: [(&str, Reader); 6] = [
     ("npy", |b| {
         uqengine::io::npy::parse(b, Path::new(WHAT)).is_ok()
     }),
