@@ -103,6 +103,41 @@ fn unet_config_errors() {
             ),
         ],
     );
+    // Values whose arithmetic would overflow are errors naming the key.
+    let n = 65;
+    let deep = serde_json::json!({
+        "sample_size": 8,
+        "block_out_channels": vec![32; n],
+        "down_block_types": vec!["DownBlock2D"; n],
+        "up_block_types": vec!["UpBlock2D"; n],
+    })
+    .to_string();
+    check(
+        unet,
+        p,
+        &[
+            (
+                &unet_with(
+                    "block_out_channels",
+                    Some(serde_json::json!([1u64 << 63, 64])),
+                ),
+                format!("{p}: config key `block_out_channels`: 9223372036854775808 channels in the first block is too large (the time embedding has 4x as many)"),
+            ),
+            (
+                &deep,
+                format!("{p}: config key `sample_size`: 8 is not divisible by 2^64 (number of downsamplings)"),
+            ),
+        ],
+    );
+    // An explicit time embedding size needs no default.
+    let explicit = serde_json::json!({
+        "sample_size": 8,
+        "block_out_channels": [1u64 << 63],
+        "down_block_types": ["DownBlock2D"],
+        "up_block_types": ["UpBlock2D"],
+        "time_embedding_dim": 16,
+    });
+    assert_eq!(unet(&explicit.to_string()).unwrap().time_embed_dim, 16);
     // config.json files carry keys the engine does not read; they are ignored.
     let extra = unet_with("made_up_key", Some(serde_json::json!({"a": 1})));
     assert_eq!(unet(&extra).unwrap(), unet(UNET).unwrap());

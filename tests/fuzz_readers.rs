@@ -153,10 +153,14 @@ fn read_configs(b: &[u8]) -> bool {
     unet || clip || pre || sched
 }
 
-/// The corpus folders and their readers, as the targets in `fuzz/fuzz_targets/` call them; each
-/// reader returns whether it read the input (`Ok`).
-const TARGETS: [(&str, fn(&[u8]) -> bool); 6] = [
-    ("npy", |b| uqengine::io::npy::parse(b, Path::new(WHAT)).is_ok()),
+/// A reader of one corpus folder: whether it read the input (`Ok`).
+type Reader = fn(&[u8]) -> bool;
+
+/// The corpus folders and their readers, as the targets in `fuzz/fuzz_targets/` call them.
+const TARGETS: [(&str, Reader); 6] = [
+    ("npy", |b| {
+        uqengine::io::npy::parse(b, Path::new(WHAT)).is_ok()
+    }),
     ("safetensors", |b| {
         uqengine::models::weights::Weights::from_bytes(b, Path::new(WHAT)).is_ok()
     }),
@@ -188,6 +192,44 @@ fn corpus_files_replay_without_panic() {
         // The valid seeds still read, so the corpus exercises more than the first checks.
         assert!(read > 0, "{target}: no corpus file was read without error");
     }
+}
+
+#[test]
+fn regression_inputs_are_errors_naming_the_file() {
+    // Each `regress_*` file once made its reader panic; read from its path, it is an error that
+    // names the file.
+    let mut seen = 0;
+    for (target, _) in TARGETS {
+        for file in corpus_files(target) {
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            if !name.starts_with("regress_") {
+                continue;
+            }
+            let e = match target {
+                "posterior" => uqengine::laplace::Posterior::load(&file).map(|_| ()),
+                "config" => {
+                    uqengine::models::unet::config::UNetConfig::from_file(&file).map(|_| ())
+                }
+                other => panic!("no check for `{other}` inputs ({name})"),
+            }
+            .expect_err(&name)
+            .to_string();
+            assert!(e.contains(&name), "{name}: {e}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3);
+    let e = uqengine::laplace::Posterior::load(&corpus(
+        "posterior/regress_empty_dim_cols_overflow.safetensors",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(
+            "tensor `map.weight` has shape [0, 4194304, 4194304, 4194304], with an empty dimension"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -464,6 +464,16 @@ impl Posterior {
                 got: wshape,
             });
         }
+        // An empty dimension holds no data, so the safetensors reader does not bound the others:
+        // `cin * k * k` below could overflow.
+        if wshape.contains(&0) {
+            return Err(Error::Image {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "invalid posterior: tensor `map.weight` has shape {wshape:?}, with an empty dimension"
+                ),
+            });
+        }
         let weight_shape = [wshape[0], wshape[1], wshape[2], wshape[3]];
         let (bshape, bdata) = tensor("map.bias", Dtype::F32)?;
         if bshape != [weight_shape[0]] {

@@ -184,7 +184,18 @@ impl UNetConfig {
             return Err(c.unsupported("layers_per_block", 0));
         }
         let freq_shift = c.or("freq_shift", 0.0)?;
-        let time_embed_dim = c.or("time_embedding_dim", block_out_channels[0] * 4)?;
+        let time_embed_dim = match c.opt("time_embedding_dim")? {
+            Some(d) => d,
+            None => block_out_channels[0].checked_mul(4).ok_or_else(|| {
+                c.err(
+                    "block_out_channels",
+                    format!(
+                        "{} channels in the first block is too large (the time embedding has 4x as many)",
+                        block_out_channels[0]
+                    ),
+                )
+            })?,
+        };
         let cfg = UNetConfig {
             sample_size,
             in_channels: c.or("in_channels", 3)?,
@@ -214,16 +225,18 @@ impl UNetConfig {
         if (cfg.block_out_channels[0] / 2) as f64 == freq_shift {
             return Err(c.unsupported("freq_shift", freq_shift));
         }
-        if !cfg
-            .sample_size
-            .is_multiple_of(1 << (cfg.block_out_channels.len() - 1))
-        {
+        // 2^downsamplings overflows past 63 downsamplings, where no sample size is divisible.
+        let downsamplings = cfg.block_out_channels.len() - 1;
+        let divisible = u32::try_from(downsamplings)
+            .ok()
+            .and_then(|n| 1usize.checked_shl(n))
+            .is_some_and(|f| cfg.sample_size.is_multiple_of(f));
+        if !divisible {
             return Err(c.err(
                 "sample_size",
                 format!(
-                    "{} is not divisible by 2^{} (number of downsamplings)",
-                    cfg.sample_size,
-                    cfg.block_out_channels.len() - 1
+                    "{} is not divisible by 2^{downsamplings} (number of downsamplings)",
+                    cfg.sample_size
                 ),
             ));
         }
