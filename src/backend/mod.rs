@@ -277,11 +277,7 @@ pub trait Backend: Send + Sync {
         if !center {
             return Ok(x.clone());
         }
-        let v = self.download(x)?;
-        self.upload(
-            x.shape(),
-            &v.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>(),
-        )
+        state::centered(self, x)
     }
     /// Every row (leading index) repeated `k` times, sample-major; state or activations.
     fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {

@@ -161,6 +161,15 @@ pub fn sampler_step(
     Ok(Tensor::host(x.shape().to_vec(), out))
 }
 
+/// `2x - 1` computed on the host (a model input for `center_input_sample`), back on `b`.
+pub fn centered<B: crate::backend::Backend + ?Sized>(b: &B, x: &Tensor) -> Result<Tensor> {
+    let v = b.download(x)?;
+    b.upload(
+        x.shape(),
+        &v.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>(),
+    )
+}
+
 /// Every row of `x` (the leading dimension) repeated `k` times, sample-major.
 pub fn repeat_rows(x: &Tensor, k: usize) -> Result<Tensor> {
     let xs = host(x, "repeat_rows")?;

@@ -363,16 +363,8 @@ impl UNet {
         t: &[f32],
         class: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let (n, h, w, c) = x.nhwc();
+        let n = self.check_input(x)?;
         let cfg = &self.config;
-        if c != cfg.in_channels || h != w || h % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
-            return Err(Error::arg(format!(
-                "input {:?} does not fit the model ({} channels, spatial size divisible by {})",
-                x.shape(),
-                cfg.in_channels,
-                1 << (cfg.block_out_channels.len() - 1)
-            )));
-        }
         if t.len() != n {
             return Err(Error::arg(format!(
                 "{} timesteps for a batch of {n}",
@@ -380,11 +372,7 @@ impl UNet {
             )));
         }
         let x = if cfg.center_input_sample {
-            let d = b.download(x)?;
-            b.upload(
-                x.shape(),
-                &d.iter().map(|v| 2.0 * v - 1.0).collect::<Vec<_>>(),
-            )?
+            crate::backend::state::centered(b, x)?
         } else {
             x.clone()
         };
@@ -392,9 +380,8 @@ impl UNet {
         self.trunk_from(b, &x, &temb)
     }
 
-    /// [`UNet::trunk`] from the model's input as it enters `conv_in` (already centered for a
-    /// model with `center_input_sample`) and the embedding (from [`UNet::embedding_from`]).
-    pub fn trunk_from(&self, b: &dyn Backend, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+    /// The batch size of an NHWC model input, or an error when it does not fit the model.
+    fn check_input(&self, x: &Tensor) -> Result<usize> {
         let (n, h, w, c) = x.nhwc();
         let cfg = &self.config;
         if c != cfg.in_channels || h != w || h % (1 << (cfg.block_out_channels.len() - 1)) != 0 {
@@ -405,6 +392,13 @@ impl UNet {
                 1 << (cfg.block_out_channels.len() - 1)
             )));
         }
+        Ok(n)
+    }
+
+    /// [`UNet::trunk`] from the model's input as it enters `conv_in` (already centered for a
+    /// model with `center_input_sample`) and the embedding (from [`UNet::embedding_from`]).
+    pub fn trunk_from(&self, b: &dyn Backend, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let n = self.check_input(x)?;
         if temb.shape().first() != Some(&n) {
             return Err(Error::arg(format!(
                 "embedding {:?} for a batch of {n}",
