@@ -42,6 +42,26 @@ extern "C" __global__ void group_norm_apply(const bf16* __restrict__ x, const fl
     }
 }
 
+/// The scale-shift norm: y = act(((x - mean) * rstd * gamma[c] + beta[c]) * (1 + ss[s, c]) +
+/// ss[s, C + c]) with `ss` [n, 2C] (bf16: the time projection's output) holding each sample's
+/// scale then shift. Bytes: reads 2 (+ the small ss rows), writes 2 B/elem.
+extern "C" __global__ void group_norm_scale_shift_apply(const bf16* __restrict__ x, const float* __restrict__ stats,
+                                                        const float* __restrict__ gamma,
+                                                        const float* __restrict__ beta, const bf16* __restrict__ ss,
+                                                        bf16* __restrict__ y, long long n, int hw, int c, int groups,
+                                                        int silu) {
+    const int cpg = c / groups;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const int ch = (int)(i % c);
+        const long long s = i / ((long long)hw * c);
+        const float* st = stats + (s * groups + ch / cpg) * 2;
+        float v = (uq_ld(x + i) - st[0]) * st[1] * gamma[ch] + beta[ch];
+        v = v * (1.0f + uq_ld(ss + s * 2 * c + ch)) + uq_ld(ss + s * 2 * c + c + ch);
+        if (silu) v = v * uq_sigmoid(v);
+        uq_st(y + i, v);
+    }
+}
+
 /// LayerNorm over the last dimension: one block per row of x[rows, dim].
 extern "C" __global__ void __launch_bounds__(256) layer_norm_bf16(const bf16* __restrict__ x, const float* __restrict__ gamma,
                                                                   const float* __restrict__ beta, bf16* __restrict__ y,

@@ -70,22 +70,28 @@ extern "C" __global__ void normal_state_f32(float* __restrict__ y, const unsigne
     }
 }
 
-/// One sampler step, `apply_step` of src/sampler/mod.rs element-wise: `x` the state (f32), `m`
-/// the model output (bf16) at it, `y` the next state. The step noise (when `noise_scale != 0`)
-/// is generated here from the samples' StepNoise streams (purpose `purpose`, sub = `sub`), the
-/// same number on each of a sample's `rows_per_sample` rows. `prediction`: 0 epsilon,
-/// 1 v_prediction, 2 sample.
+/// One sampler step, `apply_step_learned` of src/sampler/mod.rs element-wise: `x` the state
+/// (f32, `c` channels), `m` the model output (bf16, `mc` channels: `c`, or `2c` with the
+/// variance channels after the prediction), `y` the next state. The step noise (when
+/// `noise_scale != 0`) is generated here from the samples' StepNoise streams (purpose `purpose`,
+/// sub = `sub`), the same number on each of a sample's `rows_per_sample` rows; with
+/// `learned_range` its scale is `exp(0.5 * (frac * max_log + (1 - frac) * min_log))`, `frac = (v
+/// + 1) / 2`. `eps_from_clipped`: DDIM's eps re-derived from the clipped x0. `prediction`:
+/// 0 epsilon, 1 v_prediction, 2 sample.
 extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const bf16* __restrict__ m,
                                             float* __restrict__ y, const unsigned* __restrict__ index_words,
                                             unsigned k0, unsigned k1, unsigned purpose, unsigned sub, int c, int hw,
                                             int rows_per_sample, long long n, int prediction, int clip,
                                             float clip_range, float sqrt_alpha, float sqrt_beta,
                                             float pred_original_coeff, float pred_epsilon_coeff,
-                                            float current_sample_coeff, float noise_scale) {
+                                            float current_sample_coeff, float noise_scale, int mc,
+                                            int eps_from_clipped, int learned_range, float min_log,
+                                            float max_log) {
     const long long per = (long long)hw * c;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const float xv = x[i];
-        const float mv = uq_ld(m + i);
+        const long long mi = (i / c) * mc + i % c;
+        const float mv = uq_ld(m + mi);
         float x0;
         if (prediction == 0)
             x0 = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_beta, mv)), sqrt_alpha);
@@ -104,7 +110,11 @@ extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const b
         }
         // Comparisons, not fminf/fmaxf: a NaN stays NaN (as Rust's clamp keeps it), so a diverged
         // sample is still detected after the step.
-        if (clip != 0) x0 = x0 < -clip_range ? -clip_range : (x0 > clip_range ? clip_range : x0);
+        if (clip != 0) {
+            x0 = x0 < -clip_range ? -clip_range : (x0 > clip_range ? clip_range : x0);
+            if (eps_from_clipped != 0 && pred_epsilon_coeff != 0.0f)
+                eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
+        }
         float out = __fmul_rn(pred_original_coeff, x0);
         if (pred_epsilon_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(pred_epsilon_coeff, eps));
         if (current_sample_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(current_sample_coeff, xv));
@@ -114,7 +124,13 @@ extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const b
             const unsigned long long j = uq_nchw_index(i - row * per, c, hw);
             const float z =
                 uq_stream_normal(k0, k1, index_words[2 * sample], index_words[2 * sample + 1], purpose, sub, j);
-            out = __fadd_rn(out, __fmul_rn(noise_scale, z));
+            float scale = noise_scale;
+            if (learned_range != 0) {
+                const float frac = __fdiv_rn(__fadd_rn(uq_ld(m + mi + c), 1.0f), 2.0f);
+                scale = expf(__fmul_rn(
+                    0.5f, __fadd_rn(__fmul_rn(frac, max_log), __fmul_rn(__fadd_rn(1.0f, -frac), min_log))));
+            }
+            out = __fadd_rn(out, __fmul_rn(scale, z));
         }
         y[i] = out;
     }

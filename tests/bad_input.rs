@@ -187,8 +187,8 @@ fn unsupported_config_values_name_key_and_value() {
         ("act_fn", serde_json::json!("gelu"), "gelu"),
         (
             "resnet_time_scale_shift",
-            serde_json::json!("scale_shift"),
-            "scale_shift",
+            serde_json::json!("spatial"),
+            "spatial",
         ),
         (
             "time_embedding_type",

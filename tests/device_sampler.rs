@@ -482,3 +482,85 @@ fn device_entropy_keeps_the_variance_of_large_features() {
         );
     }
 }
+
+/// guided-diffusion samplers (respaced timesteps, DDIM's eps from the clipped x0, DDPM's learned
+/// variance): the device update with a model output of twice the state's channels (prediction,
+/// then variance) equals the host definition; with as many channels as the state a learned
+/// variance is an error.
+#[test]
+fn device_sampler_step_with_learned_variance_and_clipped_eps() {
+    let cpu = CpuBackend::new();
+    let (s, c) = (3, 3);
+    let rows = INDICES.len();
+    let shape = [rows, s, s, c];
+    let mshape = [rows, s, s, 2 * c];
+    let x = values(rows * s * s * c, 5, 1.5);
+    let m = values(rows * s * s * 2 * c, 6, 3.0);
+    let cfg = SchedulerConfig {
+        timestep_spacing: uqengine::sampler::TimestepSpacing::GuidedDiffusion,
+        use_clipped_model_output: true,
+        variance_type: VarianceType::LearnedRange,
+        ..SchedulerConfig::default()
+    };
+    for (dev, exact) in devices() {
+        let (sd, sc) = (
+            dev.sample_streams(&INDICES).unwrap(),
+            cpu.sample_streams(&INDICES).unwrap(),
+        );
+        for kind in [
+            SamplerKind::Ddpm,
+            SamplerKind::Ddim { eta: 0.0 },
+            SamplerKind::Ddim { eta: 0.5 },
+        ] {
+            let sampler = Sampler::new(&cfg, kind, 7).unwrap();
+            for step in 0..sampler.num_steps() {
+                let co = sampler.step_coefficients(step);
+                let noise = |streams| StepNoise {
+                    streams,
+                    seed: 9,
+                    step: step as u32,
+                    rows_per_sample: 1,
+                };
+                let want = cpu
+                    .sampler_step(
+                        &co,
+                        &cpu.upload(&mshape, &m).unwrap(),
+                        &cpu.state_from_host(&shape, &x).unwrap(),
+                        Some(&noise(&sc)),
+                    )
+                    .unwrap();
+                let got = dev
+                    .sampler_step(
+                        &co,
+                        &dev.upload(&mshape, &m).unwrap(),
+                        &dev.state_from_host(&shape, &x).unwrap(),
+                        Some(&noise(&sd)),
+                    )
+                    .unwrap();
+                let d = max_ulps(
+                    &dev.state_to_host(&got).unwrap(),
+                    &cpu.state_to_host(&want).unwrap(),
+                );
+                assert!(
+                    d <= if exact { 0 } else { 16 },
+                    "{kind:?} step {step} on {}: {d} ulp from the host",
+                    dev.name()
+                );
+            }
+        }
+        let ddpm = Sampler::new(&cfg, SamplerKind::Ddpm, 7).unwrap();
+        let r = dev.sampler_step(
+            &ddpm.step_coefficients(0),
+            &dev.upload(&shape, &x).unwrap(),
+            &dev.state_from_host(&shape, &x).unwrap(),
+            Some(&StepNoise {
+                streams: &sd,
+                seed: 9,
+                step: 0,
+                rows_per_sample: 1,
+            }),
+        );
+        let e = r.err().expect("learned variance without variance channels");
+        assert!(e.to_string().contains("learned_range"), "{e}");
+    }
+}

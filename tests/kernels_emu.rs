@@ -534,3 +534,110 @@ fn device_selection_falls_back_to_cpu_and_rejects_unknown_names() {
     );
     assert_eq!(select_backend("emu").is_ok(), cfg!(feature = "emu"));
 }
+
+/// The scale-shift norm (ADM's `use_scale_shift_norm`): on the CPU it is GroupNorm followed by
+/// `v * (1 + scale) + shift` and SiLU, computed here from the plain GroupNorm; on the device it
+/// matches the CPU with GroupNorm's tolerance.
+#[test]
+fn group_norm_scale_shift_matches_cpu_and_the_composition() {
+    for p in pairs() {
+        for (n, h, w, c, groups, silu) in [
+            (2, 3, 5, 12, 4, true),
+            (1, 1, 1, 32, 8, false),
+            (3, 4, 2, 20, 5, true),
+        ] {
+            let gamma = values(c, 150, 1.0);
+            let beta = values(c, 151, 0.5);
+            let nc = p.cpu.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
+            let nd = p.dev.prepare_norm(groups, 1e-5, &gamma, &beta).unwrap();
+            let x: Vec<f32> = values(n * h * w * c, 152, 2.0)
+                .iter()
+                .map(|v| v - 1.0)
+                .collect();
+            let ss = values(n * 2 * c, 153, 1.5);
+            let (xc, xd) = p.up(&[n, h, w, c], &x);
+            let (sc, sd) = p.up(&[n, 2 * c], &ss);
+            let want = p.cpu.group_norm_scale_shift(&xc, &nc, &sc, silu).unwrap();
+            // The composition, by hand.
+            let plain = p
+                .cpu
+                .download(&p.cpu.group_norm(&xc, &nc, false).unwrap())
+                .unwrap();
+            let per = h * w * c;
+            let manual: Vec<f32> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let (b, ch) = (i / per, i % c);
+                    let u = v * (1.0 + ss[b * 2 * c + ch]) + ss[b * 2 * c + c + ch];
+                    if silu {
+                        u / (1.0 + (-u).exp())
+                    } else {
+                        u
+                    }
+                })
+                .collect();
+            let cpu_vals = p.cpu.download(&want).unwrap();
+            common::assert_close("cpu group_norm_scale_shift", &cpu_vals, &manual, 1e-5, 1e-5);
+            let got = p.dev.group_norm_scale_shift(&xd, &nd, &sd, silu).unwrap();
+            check(
+                &format!("group_norm_scale_shift [{n},{h},{w},{c}] g{groups} silu {silu}"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                1e-2,
+                2e-2,
+            );
+        }
+        // A scale-shift of the wrong width is an error, not a panic.
+        let nd = p.dev.prepare_norm(2, 1e-5, &[1.0; 4], &[0.0; 4]).unwrap();
+        let (_, xd) = p.up(&[1, 2, 2, 4], &[0.5; 16]);
+        let (_, bad) = p.up(&[1, 4], &[0.0; 4]);
+        assert!(p.dev.group_norm_scale_shift(&xd, &nd, &bad, true).is_err());
+    }
+}
+
+/// 2x2 average pooling: the CPU against the window means computed here (odd sizes drop the last
+/// row and column, as `F.avg_pool2d`), the device against the CPU within bf16 rounding.
+#[test]
+fn avg_pool2x_matches_window_means() {
+    for p in pairs() {
+        for (n, h, w, c) in [(2, 5, 7, 3), (1, 2, 2, 33), (3, 4, 6, 8)] {
+            let x = values(n * h * w * c, 160, 2.0);
+            let (xc, xd) = p.up(&[n, h, w, c], &x);
+            let want = p.cpu.avg_pool2x(&xc).unwrap();
+            assert_eq!(want.shape(), [n, h / 2, w / 2, c]);
+            let at = |b: usize, i: usize, j: usize, ch: usize| x[((b * h + i) * w + j) * c + ch];
+            let mut manual = Vec::new();
+            for b in 0..n {
+                for i in 0..h / 2 {
+                    for j in 0..w / 2 {
+                        for ch in 0..c {
+                            let s = at(b, 2 * i, 2 * j, ch)
+                                + at(b, 2 * i, 2 * j + 1, ch)
+                                + at(b, 2 * i + 1, 2 * j, ch)
+                                + at(b, 2 * i + 1, 2 * j + 1, ch);
+                            manual.push(s / 4.0);
+                        }
+                    }
+                }
+            }
+            common::assert_close(
+                "cpu avg_pool2x",
+                &p.cpu.download(&want).unwrap(),
+                &manual,
+                0.0,
+                0.0,
+            );
+            let got = p.dev.avg_pool2x(&xd).unwrap();
+            check(
+                &format!("avg_pool2x [{n},{h},{w},{c}]"),
+                p.dev.as_ref(),
+                &got,
+                &want,
+                0.0,
+                4e-3,
+            );
+        }
+    }
+}

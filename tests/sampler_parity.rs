@@ -348,9 +348,9 @@ fn unsupported_config_values_name_key_and_value() {
             "karras",
         ),
         (
-            r#"{"variance_type": "learned_range"}"#,
+            r#"{"variance_type": "learned"}"#,
             "variance_type",
-            "learned_range",
+            "learned",
         ),
     ];
     for (text, key, value) in cases {

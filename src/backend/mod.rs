@@ -172,6 +172,16 @@ pub trait Backend: Send + Sync {
     /// GroupNorm over NHWC (statistics per sample and group over h, w and the group's channels),
     /// optionally followed by SiLU.
     fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor>;
+    /// The scale-shift norm of ADM and diffusers' `time_embedding_norm="scale_shift"`:
+    /// `act(groupnorm(x) * (1 + scale) + shift)` per sample and channel, with `ss` `[n, 2c]`
+    /// holding each sample's `scale` (first `c`) then `shift` (last `c`). NHWC.
+    fn group_norm_scale_shift(
+        &self,
+        x: &Tensor,
+        norm: &Norm,
+        ss: &Tensor,
+        silu: bool,
+    ) -> Result<Tensor>;
     /// LayerNorm over the last dimension.
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor>;
     /// `act(x W^T + b) (+ residual)` over the last dimension of `x`.
@@ -199,6 +209,9 @@ pub trait Backend: Send + Sync {
     ) -> Result<Tensor>;
     /// Nearest-neighbour 2x upsampling of NHWC.
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
+    /// 2x2 average pooling with stride 2 of NHWC (`F.avg_pool2d(x, 2)`: an odd last row or
+    /// column is dropped).
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor>;
     /// Concatenate two NHWC tensors along channels.
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Concatenate along the leading dimension.

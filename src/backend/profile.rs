@@ -113,6 +113,17 @@ impl Backend for Profiled {
     fn group_norm(&self, x: &Tensor, norm: &Norm, silu: bool) -> Result<Tensor> {
         self.time("group_norm", || self.inner.group_norm(x, norm, silu))
     }
+    fn group_norm_scale_shift(
+        &self,
+        x: &Tensor,
+        norm: &Norm,
+        ss: &Tensor,
+        silu: bool,
+    ) -> Result<Tensor> {
+        self.time("group_norm", || {
+            self.inner.group_norm_scale_shift(x, norm, ss, silu)
+        })
+    }
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
         self.time("layer_norm", || self.inner.layer_norm(x, norm))
     }
@@ -146,6 +157,9 @@ impl Backend for Profiled {
     }
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
         self.time("upsample", || self.inner.upsample_nearest2x(x))
+    }
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        self.time("avg_pool", || self.inner.avg_pool2x(x))
     }
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.time("concat_channels", || self.inner.concat_channels(a, b))

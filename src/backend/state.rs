@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::layout::nchw_to_nhwc;
 use crate::rng::{Purpose, Stream};
-use crate::sampler::{apply_step, StepCoefficients};
+use crate::sampler::{apply_step_learned, StepCoefficients};
 use crate::tensor::{Storage, Tensor};
 
 /// Bytes moved between host and device memory and kernels launched, since the backend was made.
@@ -109,7 +109,31 @@ pub fn normal_state(
     Ok(Tensor::host(vec![idx.len() * repeat, s, s, c], out))
 }
 
-/// The next state: [`apply_step`] on every element of `x` with the model output `m` at it.
+/// The model output's channels per element of the state: `m` has the state's channels `c`, or
+/// `2c` (a learned-sigma model: the prediction, then the variance channels); an error names the
+/// shapes otherwise, or when the step needs variance channels `m` lacks.
+pub fn model_channels(coeffs: &StepCoefficients, m: &Tensor, x: &Tensor) -> Result<usize> {
+    let (ms, xs) = (m.shape(), x.shape());
+    let ok = xs.len() == 4 && ms.len() == 4 && ms[..3] == xs[..3];
+    let c = xs.get(3).copied().unwrap_or(0);
+    let mc = ms.get(3).copied().unwrap_or(0);
+    if !ok || (mc != c && mc != 2 * c) {
+        return Err(Error::arg(format!(
+            "sampler_step: model output {ms:?} for state {xs:?} (the model must give the \
+             state's channels, or twice as many with a learned variance)"
+        )));
+    }
+    if coeffs.learned_range != 0 && mc != 2 * c {
+        return Err(Error::arg(format!(
+            "sampler_step: variance_type learned_range needs the model's variance channels, \
+             but the model output {ms:?} has as many channels as the state {xs:?}"
+        )));
+    }
+    Ok(mc)
+}
+
+/// The next state: [`apply_step_learned`] on every element of `x` with the model output `m` at
+/// it (its first `c` channels; the next `c`, when present, are the variance channels).
 pub fn sampler_step(
     coeffs: &StepCoefficients,
     m: &Tensor,
@@ -117,22 +141,17 @@ pub fn sampler_step(
     noise: Option<&StepNoise>,
 ) -> Result<Tensor> {
     let (xs, ms) = (host(x, "sampler_step")?, host(m, "sampler_step")?);
-    if m.shape() != x.shape() || x.shape().len() != 4 {
-        return Err(Error::arg(format!(
-            "sampler_step: model output {:?} for state {:?}",
-            m.shape(),
-            x.shape()
-        )));
-    }
+    let mc = model_channels(coeffs, m, x)?;
+    let c = x.shape()[3];
     let mut out = xs.to_vec();
-    if coeffs.noise_scale != 0.0 {
+    let z = if coeffs.noise_scale != 0.0 {
         let nz = noise.ok_or_else(|| {
             Error::arg(format!(
                 "step at timestep {} adds noise, but none was given",
                 coeffs.timestep
             ))
         })?;
-        let (c, s) = (x.shape()[3], x.shape()[1]);
+        let s = x.shape()[1];
         let z = normal_state(
             nz.streams,
             nz.seed,
@@ -142,7 +161,7 @@ pub fn sampler_step(
             s,
             nz.rows_per_sample,
         )?;
-        let zs = host(&z, "sampler_step noise")?;
+        let zs = host(&z, "sampler_step noise")?.to_vec();
         if zs.len() != out.len() {
             return Err(Error::arg(format!(
                 "sampler_step: noise for {} rows, state has {}",
@@ -150,12 +169,15 @@ pub fn sampler_step(
                 x.shape()[0]
             )));
         }
-        for ((o, &mv), &zv) in out.iter_mut().zip(ms).zip(zs) {
-            *o = apply_step(coeffs, mv, *o, zv);
-        }
+        Some(zs)
     } else {
-        for (o, &mv) in out.iter_mut().zip(ms) {
-            *o = apply_step(coeffs, mv, *o, 0.0);
+        None
+    };
+    for (p, (px, pm)) in out.chunks_exact_mut(c).zip(ms.chunks_exact(mc)).enumerate() {
+        for ch in 0..c {
+            let v = if mc == 2 * c { pm[c + ch] } else { 0.0 };
+            let zv = z.as_ref().map_or(0.0, |z| z[p * c + ch]);
+            px[ch] = apply_step_learned(coeffs, pm[ch], v, px[ch], zv);
         }
     }
     Ok(Tensor::host(x.shape().to_vec(), out))

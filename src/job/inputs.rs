@@ -111,6 +111,23 @@ impl SampleInputs {
         let (sched, scheduler_path) = scheduler_config(&job.model_dir, &job.scheduler_overrides)?;
         let sampler = Sampler::new(&sched, job.sampler, job.steps)?;
         let (c, s) = (unet.config.in_channels, unet.config.sample_size);
+        let out = unet.config.out_channels;
+        if out != c && out != 2 * c {
+            return Err(Error::arg(format!(
+                "{}: the model maps {c} to {out} channels; sampling needs {c} (a prediction) or \
+                 {} (a prediction and a learned variance)",
+                job.model_dir.display(),
+                2 * c
+            )));
+        }
+        if sampler.learned_variance() && out != 2 * c {
+            return Err(Error::arg(format!(
+                "scheduler variance_type learned_range needs a model with {} output channels \
+                 (prediction and variance); {} has {out}",
+                2 * c,
+                job.model_dir.display()
+            )));
+        }
         let noise = match &job.noise_file {
             Some(p) => NoiseSource::Given(read_noise(p, job.num, c, s)?),
             None => NoiseSource::Seeded(job.seed),

@@ -1,12 +1,13 @@
-//! Step coefficients of diffusers' `DDIMScheduler.step` (`use_clipped_model_output=False`).
+//! Step coefficients of diffusers' `DDIMScheduler.step` (`use_clipped_model_output` from the
+//! config), which is also guided-diffusion's `ddim_sample` with the respaced timesteps.
 
 use super::schedule::SchedulerConfig;
 use super::StepCoefficients;
 
-/// The coefficients of the DDIM step at timestep `t` of a `steps`-step schedule.
+/// The coefficients of the DDIM step from timestep `t` to `prev`.
 ///
-/// As in diffusers, the previous timestep is `t - T / steps` (integer division) whatever the
-/// spacing, and `alpha_prod_t_prev` is `final_alpha_cumprod` (1 with `set_alpha_to_one`, else
+/// diffusers' previous timestep is `t - T / steps` (integer division) whatever the spacing;
+/// guided-diffusion's is the next respaced timestep (the caller decides). `alpha_prod_t_prev` is `final_alpha_cumprod` (1 with `set_alpha_to_one`, else
 /// `alphas_cumprod[0]`) when it is negative. `variance = (1 - a_prev) / (1 - a_t) * (1 - a_t /
 /// a_prev)`, `std_dev_t = eta * sqrt(variance)`, and the noise term `std_dev_t * z` is added when
 /// `eta > 0`. The direction coefficient `sqrt(1 - a_prev - std_dev_t^2)` is clamped at 0 from
@@ -15,10 +16,9 @@ pub(super) fn coefficients(
     config: &SchedulerConfig,
     alphas_cumprod: &[f64],
     t: usize,
-    steps: usize,
+    prev: i64,
     eta: f64,
 ) -> StepCoefficients {
-    let prev = t as i64 - (config.num_train_timesteps / steps) as i64;
     let final_alpha_cumprod = if config.set_alpha_to_one {
         1.0
     } else {
@@ -54,5 +54,9 @@ pub(super) fn coefficients(
         pred_epsilon_coeff: direction as f32,
         current_sample_coeff: 0.0,
         noise_scale: if eta > 0.0 { std_dev_t as f32 } else { 0.0 },
+        eps_from_clipped: u32::from(config.use_clipped_model_output),
+        learned_range: 0,
+        min_log: 0.0,
+        max_log: 0.0,
     }
 }

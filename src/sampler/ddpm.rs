@@ -10,7 +10,9 @@ use super::StepCoefficients;
 /// With `a_prev = alphas_cumprod[prev]` (1 when `prev < 0`), `current_beta_t = 1 - a_t / a_prev`:
 /// the mean is `sqrt(a_prev) * current_beta_t / (1 - a_t) * x0 + sqrt(a_t / a_prev) * (1 - a_prev)
 /// / (1 - a_t) * x_t`; the variance is `max((1 - a_prev) / (1 - a_t) * current_beta_t, 1e-20)`
-/// (fixed_small) or `current_beta_t` (fixed_large), and `sqrt(variance) * z` is added for `t > 0`.
+/// (fixed_small) or `current_beta_t` (fixed_large), and `sqrt(variance) * z` is added for `t > 0`;
+/// with learned_range the model's variance channels interpolate between the logs of those two
+/// (see [`StepCoefficients::learned_range`]).
 pub(super) fn coefficients(
     config: &SchedulerConfig,
     alphas_cumprod: &[f64],
@@ -27,11 +29,18 @@ pub(super) fn coefficients(
     let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
     let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
     let current_beta_t = 1.0 - current_alpha_t;
+    let small = ((beta_prod_t_prev / beta_prod_t) * current_beta_t).max(1e-20);
+    let learned = config.variance_type == VarianceType::LearnedRange;
     let variance = match config.variance_type {
-        VarianceType::FixedSmall => ((beta_prod_t_prev / beta_prod_t) * current_beta_t).max(1e-20),
+        VarianceType::FixedSmall | VarianceType::LearnedRange => small,
         VarianceType::FixedLarge => current_beta_t,
     };
     let std_dev_t = variance.max(0.0).sqrt();
+    let noise_scale = match (t > 0, learned) {
+        (false, _) => 0.0,
+        (true, false) => std_dev_t as f32,
+        (true, true) => 1.0,
+    };
     StepCoefficients {
         timestep: t as u32,
         prev_timestep: prev as i32,
@@ -48,6 +57,10 @@ pub(super) fn coefficients(
         pred_original_coeff: (alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t) as f32,
         pred_epsilon_coeff: 0.0,
         current_sample_coeff: (current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t) as f32,
-        noise_scale: if t > 0 { std_dev_t as f32 } else { 0.0 },
+        noise_scale,
+        eps_from_clipped: 0,
+        learned_range: u32::from(learned),
+        min_log: small.ln() as f32,
+        max_log: current_beta_t.ln() as f32,
     }
 }

@@ -80,16 +80,43 @@ pub struct StepCoefficients {
     pub pred_epsilon_coeff: f32,
     /// Coefficient of the current sample `x_t` (DDPM's posterior mean; 0 for DDIM).
     pub current_sample_coeff: f32,
-    /// Coefficient of the fresh standard normal noise; 0 when the step adds none.
+    /// Coefficient of the fresh standard normal noise; 0 when the step adds none. With a
+    /// learned variance it only marks that the step adds noise (1), whose scale comes from
+    /// the model.
     pub noise_scale: f32,
+    /// 1 when DDIM's `eps` is re-derived from the clipped `x0`, `(x - sqrt_alpha * x0) /
+    /// sqrt_beta` (`use_clipped_model_output`, guided-diffusion's DDIM); else 0.
+    pub eps_from_clipped: u32,
+    /// 1 when the noise scale is learned: the model output has a second half of channels `v`
+    /// and the step adds `exp(0.5 * (frac * max_log + (1 - frac) * min_log)) * z`, `frac = (v +
+    /// 1) / 2` (`variance_type` "learned_range"); else 0.
+    pub learned_range: u32,
+    /// `ln(max(beta~_t, 1e-20))`, the posterior log variance (learned range only).
+    pub min_log: f32,
+    /// `ln(current_beta_t)` (learned range only).
+    pub max_log: f32,
 }
 
 /// The update of one element at one step: `model_out` is the network output at `x`, `noise` a
 /// standard normal draw (ignored when `c.noise_scale == 0`). f32 throughout, each operation
 /// rounded separately; terms whose coefficient is 0 are skipped, so their inputs may be
-/// non-finite (e.g. `eps` for a sample-predicting model at `beta_prod_t = 0`).
+/// non-finite (e.g. `eps` for a sample-predicting model at `beta_prod_t = 0`). For a learned
+/// variance use [`apply_step_learned`].
 #[inline]
 pub fn apply_step(c: &StepCoefficients, model_out: f32, x: f32, noise: f32) -> f32 {
+    apply_step_learned(c, model_out, 0.0, x, noise)
+}
+
+/// [`apply_step`] with the model's variance output `var_out` at the element (used when
+/// `c.learned_range != 0`, ignored otherwise).
+#[inline]
+pub fn apply_step_learned(
+    c: &StepCoefficients,
+    model_out: f32,
+    var_out: f32,
+    x: f32,
+    noise: f32,
+) -> f32 {
     let sa = c.sqrt_alpha_prod_t;
     let sb = c.sqrt_beta_prod_t;
     let mut x0 = match c.prediction {
@@ -97,8 +124,8 @@ pub fn apply_step(c: &StepCoefficients, model_out: f32, x: f32, noise: f32) -> f
         1 => sa * x - sb * model_out,
         _ => model_out,
     };
-    // DDIM derives eps before x0 is clipped.
-    let eps = if c.pred_epsilon_coeff != 0.0 {
+    // DDIM derives eps before x0 is clipped (unless it is re-derived from the clipped x0).
+    let mut eps = if c.pred_epsilon_coeff != 0.0 {
         match c.prediction {
             0 => model_out,
             1 => sa * model_out + sb * x,
@@ -109,6 +136,9 @@ pub fn apply_step(c: &StepCoefficients, model_out: f32, x: f32, noise: f32) -> f
     };
     if c.clip != 0 {
         x0 = x0.clamp(-c.clip_range, c.clip_range);
+        if c.eps_from_clipped != 0 && c.pred_epsilon_coeff != 0.0 {
+            eps = (x - sa * x0) / sb;
+        }
     }
     let mut out = c.pred_original_coeff * x0;
     if c.pred_epsilon_coeff != 0.0 {
@@ -118,7 +148,13 @@ pub fn apply_step(c: &StepCoefficients, model_out: f32, x: f32, noise: f32) -> f
         out += c.current_sample_coeff * x;
     }
     if c.noise_scale != 0.0 {
-        out += c.noise_scale * noise;
+        let scale = if c.learned_range != 0 {
+            let frac = (var_out + 1.0) / 2.0;
+            (0.5 * (frac * c.max_log + (1.0 - frac) * c.min_log)).exp()
+        } else {
+            c.noise_scale
+        };
+        out += scale * noise;
     }
     out
 }
@@ -143,17 +179,29 @@ impl Sampler {
                 )));
             }
         }
-        let timesteps = config.inference_timesteps(steps)?;
+        let timesteps = match kind {
+            SamplerKind::Ddim { .. } => config.ddim_timesteps(steps)?,
+            SamplerKind::Ddpm => config.inference_timesteps(steps)?,
+        };
         let alphas_cumprod = config.alphas_cumprod();
+        // diffusers' DDIM steps back by T / steps whatever the spacing; a respaced
+        // (guided-diffusion) process moves to the next timestep of its list.
+        let respaced = config.timestep_spacing == TimestepSpacing::GuidedDiffusion;
+        let next = |i: usize| timesteps.get(i + 1).map_or(-1, |&t| t as i64);
         let coefficients = match kind {
             SamplerKind::Ddim { eta } => (0..steps)
-                .map(|i| ddim::coefficients(config, &alphas_cumprod, timesteps[i], steps, eta))
+                .map(|i| {
+                    let t = timesteps[i];
+                    let prev = if respaced {
+                        next(i)
+                    } else {
+                        t as i64 - (config.num_train_timesteps / steps) as i64
+                    };
+                    ddim::coefficients(config, &alphas_cumprod, t, prev, eta)
+                })
                 .collect(),
             SamplerKind::Ddpm => (0..steps)
-                .map(|i| {
-                    let prev = timesteps.get(i + 1).map_or(-1, |&t| t as i64);
-                    ddpm::coefficients(config, &alphas_cumprod, timesteps[i], prev)
-                })
+                .map(|i| ddpm::coefficients(config, &alphas_cumprod, timesteps[i], next(i)))
                 .collect(),
         };
         Ok(Sampler {
@@ -177,6 +225,11 @@ impl Sampler {
     /// `set_timesteps` result.
     pub fn timesteps(&self) -> &[usize] {
         &self.timesteps
+    }
+
+    /// Whether the steps need the model's variance channels (a learned variance).
+    pub fn learned_variance(&self) -> bool {
+        self.coefficients.iter().any(|c| c.learned_range != 0)
     }
 
     /// Whether step `i` consumes fresh Gaussian noise: DDPM for `t > 0`, DDIM when `eta > 0` and
@@ -206,6 +259,13 @@ impl Sampler {
                 self.num_steps()
             ))
         })?;
+        if c.learned_range != 0 {
+            return Err(Error::InvalidArgument(
+                "a learned variance needs the model's variance channels: use \
+                 Backend::sampler_step with the whole model output"
+                    .into(),
+            ));
+        }
         if model_out.len() != sample.len() {
             return Err(Error::InvalidArgument(format!(
                 "model output has {} elements, sample has {}",

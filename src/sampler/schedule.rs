@@ -47,6 +47,12 @@ pub enum TimestepSpacing {
     Trailing,
     /// `round(linspace(0, T - 1, steps))`, descending (diffusers `"linspace"`).
     Linspace,
+    /// OpenAI guided-diffusion's `space_timesteps` (`"guided_diffusion"`): DDIM takes
+    /// `range(0, T, stride)` with the smallest stride that gives exactly `steps` timesteps
+    /// (`timestep_respacing="ddimN"`); DDPM takes `round(i * (T - 1) / (steps - 1))`
+    /// (respacing `"N"`). Every step moves to the next timestep of the list, as the respaced
+    /// process does.
+    GuidedDiffusion,
 }
 
 /// The variance of the noise DDPM adds at each step.
@@ -56,6 +62,10 @@ pub enum VarianceType {
     FixedSmall,
     /// The forward-process beta of the step (diffusers `"fixed_large"`).
     FixedLarge,
+    /// Learned by the model (diffusers `"learned_range"`, guided-diffusion `learn_sigma`): the
+    /// model's second half of output channels `v` interpolates the log variance,
+    /// `frac * ln(beta) + (1 - frac) * ln(beta~)` with `frac = (v + 1) / 2`.
+    LearnedRange,
 }
 
 impl BetaSchedule {
@@ -101,12 +111,18 @@ impl TimestepSpacing {
             TimestepSpacing::Leading => "leading",
             TimestepSpacing::Trailing => "trailing",
             TimestepSpacing::Linspace => "linspace",
+            TimestepSpacing::GuidedDiffusion => "guided_diffusion",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [Self::Leading, Self::Trailing, Self::Linspace]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Leading,
+            Self::Trailing,
+            Self::Linspace,
+            Self::GuidedDiffusion,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 }
 
@@ -116,10 +132,11 @@ impl VarianceType {
         match self {
             VarianceType::FixedSmall => "fixed_small",
             VarianceType::FixedLarge => "fixed_large",
+            VarianceType::LearnedRange => "learned_range",
         }
     }
     fn parse(s: &str) -> Option<Self> {
-        [Self::FixedSmall, Self::FixedLarge]
+        [Self::FixedSmall, Self::FixedLarge, Self::LearnedRange]
             .into_iter()
             .find(|v| v.as_str() == s)
     }
@@ -141,6 +158,10 @@ pub struct SchedulerConfig {
     pub prediction_type: PredictionType,
     pub timestep_spacing: TimestepSpacing,
     pub variance_type: VarianceType,
+    /// DDIM re-derives `eps` from the clipped `x0` (diffusers' `step(...,
+    /// use_clipped_model_output=True)`, guided-diffusion's `ddim_sample`); a config key of this
+    /// engine, false by default as in diffusers' pipelines.
+    pub use_clipped_model_output: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -158,6 +179,7 @@ impl Default for SchedulerConfig {
             prediction_type: PredictionType::Epsilon,
             timestep_spacing: TimestepSpacing::Leading,
             variance_type: VarianceType::FixedSmall,
+            use_clipped_model_output: false,
         }
     }
 }
@@ -181,6 +203,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "rescale_betas_zero_snr",
     "timestep_spacing",
     "variance_type",
+    "use_clipped_model_output",
 ];
 
 impl SchedulerConfig {
@@ -234,6 +257,9 @@ impl SchedulerConfig {
                 "clip_sample_range" => self.clip_sample_range = c.convert(key, value)?,
                 "clip_sample" => self.clip_sample = c.convert(key, value)?,
                 "set_alpha_to_one" => self.set_alpha_to_one = c.convert(key, value)?,
+                "use_clipped_model_output" => {
+                    self.use_clipped_model_output = c.convert(key, value)?
+                }
                 "steps_offset" => self.steps_offset = c.convert(key, value)?,
                 "beta_schedule" => self.beta_schedule = named(c, key, value, BetaSchedule::parse)?,
                 "prediction_type" => {
@@ -350,6 +376,25 @@ impl SchedulerConfig {
                     .map(|v| v.round_ties_even() as i64 - 1)
                     .collect()
             }
+            TimestepSpacing::GuidedDiffusion => {
+                // space_timesteps(T, [steps]): one section, `frac_stride` accumulated in f64 and
+                // each index rounded half to even (Python's round).
+                let frac_stride = if steps > 1 {
+                    (t_train - 1) as f64 / (steps - 1) as f64
+                } else {
+                    1.0
+                };
+                let mut cur = 0.0f64;
+                let mut taken = Vec::with_capacity(steps);
+                for _ in 0..steps {
+                    taken.push(cur.round_ties_even() as i64);
+                    cur += frac_stride;
+                }
+                taken.sort_unstable();
+                taken.dedup();
+                taken.reverse();
+                taken
+            }
         };
         if let Some(&bad) = raw.iter().find(|&&t| t < 0 || t >= t_train as i64) {
             return Err(Error::InvalidArgument(format!(
@@ -361,6 +406,32 @@ impl SchedulerConfig {
             )));
         }
         Ok(raw.into_iter().map(|t| t as usize).collect())
+    }
+
+    /// The timesteps DDIM runs at: [`Self::inference_timesteps`], except with guided-diffusion
+    /// spacing, where `range(0, T, stride)` with the smallest stride giving exactly `steps`
+    /// timesteps (`timestep_respacing="ddimN"`); an error when no stride does.
+    pub fn ddim_timesteps(&self, steps: usize) -> Result<Vec<usize>> {
+        if self.timestep_spacing != TimestepSpacing::GuidedDiffusion {
+            return self.inference_timesteps(steps);
+        }
+        let t_train = self.num_train_timesteps;
+        if steps == 0 || steps > t_train {
+            return Err(Error::InvalidArgument(format!(
+                "number of inference steps must lie in 1..={t_train} (num_train_timesteps), got {steps}"
+            )));
+        }
+        let stride = (1..t_train.max(2))
+            .find(|&i| t_train.div_ceil(i) == steps)
+            .or((steps == t_train).then_some(1))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "guided-diffusion DDIM spacing: no stride gives exactly {steps} of \
+                     {t_train} timesteps (as timestep_respacing=\"ddim{steps}\"); choose another \
+                     number of steps"
+                ))
+            })?;
+        Ok((0..t_train).step_by(stride).rev().collect())
     }
 }
 

@@ -204,6 +204,41 @@ impl Backend for CpuBackend {
         Ok(Tensor::host(x.shape().to_vec(), y))
     }
 
+    fn group_norm_scale_shift(
+        &self,
+        x: &Tensor,
+        nm: &Norm,
+        ss: &Tensor,
+        apply_silu: bool,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        check(
+            c == nm.channels && c % nm.groups == 0 && ss.shape() == [n, 2 * c],
+            || {
+                format!(
+                    "group_norm_scale_shift: input {:?}, scale-shift {:?} for {} channels in {} groups",
+                    x.shape(),
+                    ss.shape(),
+                    nm.channels,
+                    nm.groups
+                )
+            },
+        )?;
+        let y = norm::group_norm_modulated(
+            host(x)?,
+            n,
+            h * w,
+            c,
+            nm.groups,
+            nm.eps,
+            host(&nm.gamma)?,
+            host(&nm.beta)?,
+            Some(host(ss)?),
+            apply_silu,
+        );
+        Ok(Tensor::host(x.shape().to_vec(), y))
+    }
+
     fn layer_norm(&self, x: &Tensor, nm: &Norm) -> Result<Tensor> {
         let d = *x.shape().last().unwrap_or(&0);
         check(d == nm.channels, || {
@@ -356,6 +391,28 @@ impl Backend for CpuBackend {
                 }
             });
         Ok(Tensor::host(vec![n, 2 * h, 2 * w, c], y))
+    }
+
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let (oh, ow) = (h / 2, w / 2);
+        let xs = host(x)?;
+        let mut y = vec![0.0f32; n * oh * ow * c];
+        y.par_chunks_mut((ow * c).max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (b, i) = (r / oh.max(1), r % oh.max(1));
+                for j in 0..ow {
+                    let at = |di: usize, dj: usize| ((b * h + 2 * i + di) * w + 2 * j + dj) * c;
+                    let (p00, p01, p10, p11) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                    for ch in 0..c {
+                        // PyTorch sums the window in order, then divides by its size.
+                        let s = xs[p00 + ch] + xs[p01 + ch] + xs[p10 + ch] + xs[p11 + ch];
+                        row[j * c + ch] = s / 4.0;
+                    }
+                }
+            });
+        Ok(Tensor::host(vec![n, oh, ow, c], y))
     }
 
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {

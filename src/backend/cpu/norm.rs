@@ -56,6 +56,24 @@ pub fn group_norm_nhwc(
     beta: &[f32],
     apply_silu: bool,
 ) -> Vec<f32> {
+    group_norm_modulated(x, n, hw, c, groups, eps, gamma, beta, None, apply_silu)
+}
+
+/// [`group_norm_nhwc`] with ADM's scale-shift modulation between the norm and the activation:
+/// `v * (1 + ss[b, ch]) + ss[b, c + ch]` for sample `b` when `ss` (`[n, 2c]`) is given.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_modulated(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    eps: f32,
+    gamma: &[f32],
+    beta: &[f32],
+    ss: Option<&[f32]>,
+    apply_silu: bool,
+) -> Vec<f32> {
     let cg = c / groups;
     let stats = group_norm_stats(x, n, hw, c, groups, eps);
     let mut out = vec![0.0f32; x.len()];
@@ -66,7 +84,10 @@ pub fn group_norm_nhwc(
             let b = p / hw;
             for ch in 0..c {
                 let (mean, rstd) = stats[b * groups + ch / cg];
-                let v = (xi[ch] - mean) * rstd * gamma[ch] + beta[ch];
+                let mut v = (xi[ch] - mean) * rstd * gamma[ch] + beta[ch];
+                if let Some(ss) = ss {
+                    v = v * (1.0 + ss[b * 2 * c + ch]) + ss[b * 2 * c + c + ch];
+                }
                 o[ch] = if apply_silu { silu(v) } else { v };
             }
         });

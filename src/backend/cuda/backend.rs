@@ -644,6 +644,46 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
     }
 
+    fn group_norm_scale_shift(
+        &self,
+        x: &Tensor,
+        norm: &Norm,
+        ss: &Tensor,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let (n_, h, w, c) = x.nhwc();
+        check(ss.shape() == [n_, 2 * c], || {
+            format!(
+                "group_norm_scale_shift: scale-shift {:?} for input {:?}",
+                ss.shape(),
+                x.shape()
+            )
+        })?;
+        let stats = self.group_stats(x, norm)?;
+        let n = x.numel();
+        let mut y = self.alloc_bf16(n)?;
+        if n > 0 {
+            kernels::group_norm_scale_shift_apply(
+                self.d(),
+                self.ew_cfg(n),
+                kernels::GroupNormScaleShiftApplyArgs {
+                    x: self.bf16(x)?.ptr(),
+                    stats: stats.ptr(),
+                    gamma: self.f32(&norm.gamma)?.ptr(),
+                    beta: self.f32(&norm.beta)?.ptr(),
+                    ss: self.bf16(ss)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i64,
+                    hw: i32_of(h * w, "h*w")?,
+                    c: c as i32,
+                    groups: norm.groups as i32,
+                    silu: silu as i32,
+                },
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+    }
+
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
         let d = *x.shape().last().unwrap_or(&0);
         check(d == norm.channels && d > 0, || {
@@ -863,6 +903,28 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
     }
 
+    fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        let total = n * (h / 2) * (w / 2) * c;
+        let mut y = self.alloc_bf16(total)?;
+        if total > 0 {
+            i32_of(n * h * w * c, "tensor size")?;
+            kernels::avg_pool2x_bf16(
+                self.d(),
+                self.ew_cfg(total),
+                kernels::AvgPool2xBf16Args {
+                    x: self.bf16(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    n: n as i32,
+                    h: h as i32,
+                    w: w as i32,
+                    c: c as i32,
+                },
+            )?;
+        }
+        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
+    }
+
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (n, h, w, ca) = a.nhwc();
         let (n2, h2, w2, cb) = b.nhwc();
@@ -988,13 +1050,7 @@ impl Backend for CudaBackend {
         noise: Option<&StepNoise>,
     ) -> Result<Tensor> {
         let (rows, s, c) = Self::state_dims(x, "sampler_step")?;
-        check(m.shape() == x.shape(), || {
-            format!(
-                "sampler_step: model output {:?} for state {:?}",
-                m.shape(),
-                x.shape()
-            )
-        })?;
+        let mc = crate::backend::state::model_channels(co, m, x)?;
         let n = x.numel();
         i32_of(n, "state size")?;
         let (idx, seed, sub, rps) = match (co.noise_scale != 0.0, noise) {
@@ -1048,6 +1104,11 @@ impl Backend for CudaBackend {
                     pred_epsilon_coeff: co.pred_epsilon_coeff,
                     current_sample_coeff: co.current_sample_coeff,
                     noise_scale: co.noise_scale,
+                    mc: mc as i32,
+                    eps_from_clipped: co.eps_from_clipped as i32,
+                    learned_range: co.learned_range as i32,
+                    min_log: co.min_log,
+                    max_log: co.max_log,
                 },
             )?;
         }

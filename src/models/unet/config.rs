@@ -41,6 +41,20 @@ pub struct UNetConfig {
     pub num_class_embeds: Option<usize>,
     pub time_embed_dim: usize,
     pub add_attention: bool,
+    /// `resnet_time_scale_shift: "scale_shift"`: the time embedding scales and shifts the
+    /// second norm of every resnet (ADM's `use_scale_shift_norm`) instead of being added.
+    pub scale_shift: bool,
+    /// `downsample_type: "resnet"`: levels downsample with a resnet that average-pools
+    /// (ADM's `resblock_updown`) instead of a strided convolution.
+    pub resnet_downsample: bool,
+    /// `upsample_type: "resnet"`: levels upsample with a resnet that repeats pixels.
+    pub resnet_upsample: bool,
+    /// `attention_heads`: a fixed head count for the down and mid blocks (ADM's `num_heads`),
+    /// used when `attention_head_dim` is null.
+    pub attention_heads: Option<usize>,
+    /// `attention_heads_up`: a fixed head count for the up blocks (ADM's
+    /// `num_heads_upsample`); defaults to `attention_heads`.
+    pub attention_heads_up: Option<usize>,
 }
 
 impl UNetConfig {
@@ -129,9 +143,21 @@ impl UNetConfig {
         };
         must_eq("time_embedding_type", "positional", &["positional"])?;
         must_eq("act_fn", "silu", &["silu", "swish"])?;
-        must_eq("resnet_time_scale_shift", "default", &["default"])?;
-        must_eq("downsample_type", "conv", &["conv"])?;
-        must_eq("upsample_type", "conv", &["conv"])?;
+        must_eq(
+            "resnet_time_scale_shift",
+            "default",
+            &["default", "scale_shift"],
+        )?;
+        must_eq("downsample_type", "conv", &["conv", "resnet"])?;
+        must_eq("upsample_type", "conv", &["conv", "resnet"])?;
+        let scale_shift = c.or("resnet_time_scale_shift", "default".to_string())? == "scale_shift";
+        if scale_shift && c.opt::<usize>("attn_norm_num_groups")?.is_none() {
+            // diffusers' mid block then has no group norm before its attention.
+            return Err(c.unsupported(
+                "attn_norm_num_groups",
+                "null with resnet_time_scale_shift \"scale_shift\" (mid-block attention without a norm)",
+            ));
+        }
         must_eq("mid_block_type", "UNetMidBlock2D", &["UNetMidBlock2D"])?;
         if let Some(v) = c.opt::<String>("class_embed_type")? {
             return Err(c.unsupported("class_embed_type", format!("\"{v}\"")));
@@ -159,19 +185,53 @@ impl UNetConfig {
             }
         }
         let attention_head_dim = c.opt("attention_head_dim")?;
-        if let Some(d) = attention_head_dim {
-            if d == 0 {
-                return Err(c.unsupported("attention_head_dim", 0));
+        let attention_heads: Option<usize> = c.opt("attention_heads")?;
+        let attention_heads_up: Option<usize> = c.opt("attention_heads_up")?;
+        for (key, v) in [
+            ("attention_head_dim", attention_head_dim),
+            ("attention_heads", attention_heads),
+            ("attention_heads_up", attention_heads_up),
+        ] {
+            if v == Some(0) {
+                return Err(c.unsupported(key, 0));
             }
-            for (i, &ch) in block_out_channels.iter().enumerate() {
-                let uses_attn = down_blocks[i] == DownKind::AttnDown
-                    || up_blocks[block_out_channels.len() - 1 - i] == UpKind::AttnUp
-                    || i + 1 == block_out_channels.len();
-                if uses_attn && ch % d != 0 {
-                    return Err(c.err(
-                        "attention_head_dim",
-                        format!("{d} does not divide {ch} channels"),
-                    ));
+        }
+        if attention_head_dim.is_some()
+            && (attention_heads.is_some() || attention_heads_up.is_some())
+        {
+            return Err(c.err(
+                "attention_heads",
+                "give either attention_head_dim or a fixed head count, not both",
+            ));
+        }
+        let last_level = block_out_channels.len() - 1;
+        for (i, &ch) in block_out_channels.iter().enumerate() {
+            // (uses attention, head count key, head count) for the down/mid and the up side.
+            let down_attn = down_blocks[i] == DownKind::AttnDown || i == last_level;
+            let up_attn = up_blocks[last_level - i] == UpKind::AttnUp;
+            let checks = [
+                (down_attn, "attention_heads", attention_heads),
+                (
+                    up_attn,
+                    "attention_heads_up",
+                    attention_heads_up.or(attention_heads),
+                ),
+            ];
+            for (uses_attn, key, heads) in checks {
+                if !uses_attn {
+                    continue;
+                }
+                if let Some(d) = attention_head_dim {
+                    if ch % d != 0 {
+                        return Err(c.err(
+                            "attention_head_dim",
+                            format!("{d} does not divide {ch} channels"),
+                        ));
+                    }
+                } else if let Some(h) = heads {
+                    if ch % h != 0 {
+                        return Err(c.err(key, format!("{h} heads do not divide {ch} channels")));
+                    }
                 }
             }
         }
@@ -180,8 +240,14 @@ impl UNetConfig {
             return Err(c.unsupported("downsample_padding", downsample_padding));
         }
         let layers_per_block = c.or("layers_per_block", 2)?;
-        if layers_per_block == 0 {
-            return Err(c.unsupported("layers_per_block", 0));
+        // Without resnets in the down blocks nothing changes the channel count there (ADM's
+        // num_res_blocks 0): only equal block channels are well defined.
+        if layers_per_block == 0
+            && block_out_channels
+                .iter()
+                .any(|&ch| ch != block_out_channels[0])
+        {
+            return Err(c.unsupported("layers_per_block", "0 with unequal block_out_channels"));
         }
         let freq_shift = c.or("freq_shift", 0.0)?;
         let time_embed_dim = match c.opt("time_embedding_dim")? {
@@ -215,6 +281,11 @@ impl UNetConfig {
             num_class_embeds: c.opt("num_class_embeds")?,
             time_embed_dim,
             add_attention: c.or("add_attention", true)?,
+            scale_shift,
+            resnet_downsample: c.or("downsample_type", "conv".to_string())? == "resnet",
+            resnet_upsample: c.or("upsample_type", "conv".to_string())? == "resnet",
+            attention_heads,
+            attention_heads_up,
         };
         if cfg.block_out_channels[0] / 2 == 0 {
             return Err(c.unsupported(
@@ -243,11 +314,20 @@ impl UNetConfig {
         Ok(cfg)
     }
 
-    /// Attention heads for a block with `channels` channels.
+    /// Attention heads of a down or mid block with `channels` channels.
     pub fn heads(&self, channels: usize) -> usize {
-        match self.attention_head_dim {
-            Some(d) => channels / d,
-            None => 1,
+        match (self.attention_head_dim, self.attention_heads) {
+            (Some(d), _) => channels / d,
+            (None, Some(h)) => h,
+            (None, None) => 1,
+        }
+    }
+
+    /// Attention heads of an up block with `channels` channels.
+    pub fn heads_up(&self, channels: usize) -> usize {
+        match (self.attention_head_dim, self.attention_heads_up) {
+            (None, Some(h)) => h,
+            _ => self.heads(channels),
         }
     }
 

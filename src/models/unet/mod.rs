@@ -16,18 +16,25 @@ use crate::tensor::Tensor;
 
 use attention::AttentionBlock;
 pub use config::{DownKind, UNetConfig, UpKind};
-use resnet::ResnetBlock;
+use resnet::{Resample, ResnetBlock, ResnetSpec};
+
+/// A level's down- or upsampler: a convolution (strided, or after a nearest 2x upsampling), or
+/// a resampling resnet (`downsample_type`/`upsample_type` "resnet", ADM's `resblock_updown`).
+enum Sampler {
+    Conv(Conv2d),
+    Resnet(ResnetBlock),
+}
 
 struct DownBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<AttentionBlock>,
-    downsample: Option<Conv2d>,
+    downsample: Option<Sampler>,
 }
 
 struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<AttentionBlock>,
-    upsample: Option<Conv2d>,
+    upsample: Option<Sampler>,
 }
 
 /// Name of the last layer in diffusers checkpoints.
@@ -90,6 +97,15 @@ impl UNet {
         let g = cfg.norm_num_groups;
         let eps = cfg.norm_eps as f32;
         let temb = cfg.time_embed_dim;
+        let spec = |cin: usize, cout: usize, resample: Resample| ResnetSpec {
+            cin,
+            cout,
+            temb,
+            groups: g,
+            eps,
+            scale_shift: cfg.scale_shift,
+            resample,
+        };
         let conv_in = layers::conv(
             b,
             &r,
@@ -118,11 +134,7 @@ impl UNet {
                 resnets.push(ResnetBlock::load(
                     b,
                     &v.pp("resnets").pp(j),
-                    cin,
-                    out_ch,
-                    temb,
-                    g,
-                    eps,
+                    spec(cin, out_ch, Resample::None),
                 )?);
                 if *kind == DownKind::AttnDown {
                     attentions.push(AttentionBlock::load(
@@ -137,19 +149,25 @@ impl UNet {
             }
             let downsample = if last {
                 None
+            } else if cfg.resnet_downsample {
+                Some(Sampler::Resnet(ResnetBlock::load(
+                    b,
+                    &v.pp("downsamplers").pp(0),
+                    spec(out_ch, out_ch, Resample::Down),
+                )?))
             } else {
                 let p = cfg.downsample_padding;
                 let spec = ConvSpec {
                     pad_end: if p == 0 { 1 } else { 0 },
                     ..ConvSpec::new(out_ch, out_ch, 3, 2, p)
                 };
-                Some(layers::conv(
+                Some(Sampler::Conv(layers::conv(
                     b,
                     &v.pp("downsamplers").pp(0),
                     "conv",
                     spec,
                     true,
-                )?)
+                )?))
             };
             down.push(DownBlock {
                 resnets,
@@ -160,8 +178,16 @@ impl UNet {
         let mid_ch = *ch.last().unwrap();
         let mv = r.pp("mid_block");
         let mid_resnets = vec![
-            ResnetBlock::load(b, &mv.pp("resnets").pp(0), mid_ch, mid_ch, temb, g, eps)?,
-            ResnetBlock::load(b, &mv.pp("resnets").pp(1), mid_ch, mid_ch, temb, g, eps)?,
+            ResnetBlock::load(
+                b,
+                &mv.pp("resnets").pp(0),
+                spec(mid_ch, mid_ch, Resample::None),
+            )?,
+            ResnetBlock::load(
+                b,
+                &mv.pp("resnets").pp(1),
+                spec(mid_ch, mid_ch, Resample::None),
+            )?,
         ];
         let mid_attention = if cfg.add_attention {
             let ag = cfg.attn_norm_num_groups.unwrap_or(g);
@@ -193,18 +219,14 @@ impl UNet {
                 resnets.push(ResnetBlock::load(
                     b,
                     &v.pp("resnets").pp(j),
-                    cin + skip,
-                    out_ch,
-                    temb,
-                    g,
-                    eps,
+                    spec(cin + skip, out_ch, Resample::None),
                 )?);
                 if *kind == UpKind::AttnUp {
                     attentions.push(AttentionBlock::load(
                         b,
                         &v.pp("attentions").pp(j),
                         out_ch,
-                        cfg.heads(out_ch),
+                        cfg.heads_up(out_ch),
                         g,
                         eps,
                     )?);
@@ -212,14 +234,20 @@ impl UNet {
             }
             let upsample = if i + 1 == ch.len() {
                 None
+            } else if cfg.resnet_upsample {
+                Some(Sampler::Resnet(ResnetBlock::load(
+                    b,
+                    &v.pp("upsamplers").pp(0),
+                    spec(out_ch, out_ch, Resample::Up),
+                )?))
             } else {
-                Some(layers::conv(
+                Some(Sampler::Conv(layers::conv(
                     b,
                     &v.pp("upsamplers").pp(0),
                     "conv",
                     ConvSpec::new(out_ch, out_ch, 3, 1, 1),
                     true,
-                )?)
+                )?))
             };
             up.push(UpBlock {
                 resnets,
@@ -415,10 +443,12 @@ impl UNet {
                 }
                 skips.push(h.clone());
             }
-            if let Some(ds) = &blk.downsample {
-                h = b.conv2d(&h, ds, None)?;
-                skips.push(h.clone());
+            match &blk.downsample {
+                Some(Sampler::Conv(ds)) => h = b.conv2d(&h, ds, None)?,
+                Some(Sampler::Resnet(ds)) => h = ds.forward(b, &h, temb)?,
+                None => continue,
             }
+            skips.push(h.clone());
         }
         h = self.mid_resnets[0].forward(b, &h, temb)?;
         if let Some(a) = &self.mid_attention {
@@ -434,9 +464,13 @@ impl UNet {
                     h = a.forward(b, &h)?;
                 }
             }
-            if let Some(us) = &blk.upsample {
-                h = b.upsample_nearest2x(&h)?;
-                h = b.conv2d(&h, us, None)?;
+            match &blk.upsample {
+                Some(Sampler::Conv(us)) => {
+                    h = b.upsample_nearest2x(&h)?;
+                    h = b.conv2d(&h, us, None)?;
+                }
+                Some(Sampler::Resnet(us)) => h = us.forward(b, &h, temb)?,
+                None => {}
             }
         }
         b.group_norm(&h, &self.norm_out, true)
@@ -499,15 +533,33 @@ impl UNet {
         s += &format!("  up blocks         {:?}\n", c.up_blocks);
         s += &format!(
             "  attention         {}, mid-block attention {}\n",
-            match c.attention_head_dim {
-                Some(d) => format!("head dim {d}"),
-                None => "one head".into(),
+            match (c.attention_head_dim, c.attention_heads) {
+                (Some(d), _) => format!("head dim {d}"),
+                (None, Some(h)) => format!(
+                    "{h} heads ({} in up blocks)",
+                    c.attention_heads_up.unwrap_or(h)
+                ),
+                (None, None) => "one head".into(),
             },
             c.add_attention
         );
         s += &format!(
             "  norm              {} groups, eps {:e}\n",
             c.norm_num_groups, c.norm_eps
+        );
+        s += &format!(
+            "  resnets           time embedding {}, {} down, {} up\n",
+            if c.scale_shift {
+                "scale-shift"
+            } else {
+                "added"
+            },
+            if c.resnet_downsample {
+                "resnet"
+            } else {
+                "conv"
+            },
+            if c.resnet_upsample { "resnet" } else { "conv" }
         );
         s += &format!(
             "  time embedding    {} dims, flip_sin_to_cos {}, freq_shift {}\n",
