@@ -26,8 +26,9 @@
 //!   bias); `A` is `(cin*9 + 1)^2`. The posterior precision is `I_cout ⊗ (A / sigma^2 + prior I)`,
 //!   a full covariance per output channel.
 //!
-//! With learned-variance models only the first `channels_in_loss` output channels enter the
-//! loss; the other channels get zero curvature (their posterior is the prior).
+//! With learned-variance models (ADM's `out.2`) only the first `channels_in_loss` output
+//! channels enter the loss and the posterior; the other channels get zero curvature and keep
+//! their MAP weights in every draw.
 
 mod fit;
 mod posterior;

@@ -241,6 +241,8 @@ impl Posterior {
     }
 
     /// Weight draw `m` (0-based) of run `seed`: weights `[cout, cin, k, k]` and bias `[cout]`.
+    /// Only the first `channels_in_loss` output channels are in the posterior; the others (a
+    /// learned-variance model's variance channels) keep the MAP weights in every draw.
     /// Its standard normals come from the stream (seed, m, WeightDraw): `num_params()` values,
     /// weights then bias for `ef-diag` (`w = w* + z / sqrt(precision)`), per output channel
     /// `(w[co] flattened, b[co])` for `ggn-kron` (`w_co = w*_co + L^{-T} z_co`, `L L^T` the
@@ -256,25 +258,23 @@ impl Posterior {
         match &self.factor {
             Factor::Std(std) => {
                 let (zw, zb) = z.split_at(w.len());
-                for ((wi, &zi), &si) in w.iter_mut().zip(zw).zip(std) {
+                let in_loss = p.channels_in_loss;
+                let nw = in_loss * (cols - 1);
+                for ((wi, &zi), &si) in w[..nw].iter_mut().zip(zw).zip(std) {
                     *wi = (f64::from(*wi) + f64::from(zi) * si) as f32;
                 }
-                for ((bi, &zi), &si) in b.iter_mut().zip(zb).zip(&std[cout * (cols - 1)..]) {
+                let std_b = &std[cout * (cols - 1)..];
+                for ((bi, &zi), &si) in b[..in_loss].iter_mut().zip(zb).zip(std_b) {
                     *bi = (f64::from(*bi) + f64::from(zi) * si) as f32;
                 }
             }
             Factor::Cholesky(l) => {
-                let prior_std = 1.0 / p.prior_precision.sqrt();
-                for co in 0..cout {
+                for co in 0..p.channels_in_loss {
                     let mut x: Vec<f64> = z[co * cols..(co + 1) * cols]
                         .iter()
                         .map(|&v| f64::from(v))
                         .collect();
-                    if co < p.channels_in_loss {
-                        solve_lower_transpose_in_place(l, cols, &mut x);
-                    } else {
-                        x.iter_mut().for_each(|v| *v *= prior_std);
-                    }
+                    solve_lower_transpose_in_place(l, cols, &mut x);
                     for (wi, xi) in w[co * (cols - 1)..(co + 1) * (cols - 1)].iter_mut().zip(&x) {
                         *wi = (f64::from(*wi) + xi) as f32;
                     }
