@@ -1,6 +1,7 @@
 //! uqengine: diffusion sampling with generative uncertainty.
 pub mod backend;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod image;

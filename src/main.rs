@@ -56,6 +56,33 @@ enum Command {
     /// Build a run from the folders of its shards (`sample --shard i/n`): the same samples as
     /// the run made in one piece, scores and kept set over the whole run.
     Merge(MergeArgs),
+    /// Convert another project's checkpoint into a model directory `sample` and `fit` read.
+    #[command(subcommand)]
+    Convert(ConvertCommand),
+}
+
+#[derive(Subcommand)]
+enum ConvertCommand {
+    /// An OpenAI guided-diffusion (ADM) UNetModel checkpoint into a diffusers UNet2DModel
+    /// directory.
+    #[command(after_help = uqengine::convert::adm::HELP)]
+    Adm(ConvertAdmArgs),
+}
+
+#[derive(Args)]
+struct ConvertAdmArgs {
+    /// The checkpoint: a torch.save file of the UNetModel state dict (.pt).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// guided-diffusion's flags for the checkpoint, as one string (see below).
+    #[arg(long, allow_hyphen_values = true)]
+    flags: String,
+    /// The model directory to create (it must not exist, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of the written weights.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
 }
 
 #[derive(Args)]
@@ -739,6 +766,28 @@ fn cmd_merge(a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_convert(c: ConvertCommand) -> Result<()> {
+    match c {
+        ConvertCommand::Adm(a) => {
+            let job = uqengine::convert::adm::AdmConvert {
+                checkpoint: a.checkpoint,
+                flags: a.flags,
+                out_dir: a.out,
+                dtype: uqengine::convert::OutDtype::parse(&a.dtype)?,
+            };
+            let r = job.run()?;
+            println!(
+                "wrote {} tensors ({} parameters, {}) to {}",
+                r.tensors,
+                r.params,
+                r.dtype.as_str(),
+                r.out_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
@@ -748,6 +797,7 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Merge(a) => cmd_merge(a),
+        Command::Convert(c) => cmd_convert(c),
     };
     if let Some(p) = PROFILE.get() {
         eprint!("{}", p.report());
