@@ -1,15 +1,19 @@
 //! One UNet forward on the CPU backend: the google/ddpm-cifar10-32 architecture (35.7M
 //! parameters, synthetic weights), 32x32, batch 16 by default.
 //!
-//! `cargo bench --bench cpu_forward -- [--config FILE] [--batch N] [--iters N] [--json OUT]`
-//! `tools/bench-cpu.sh` runs this and the PyTorch reference (`tools/bench_torch_unet.py`) on the
-//! same config in the same run and prints the ratio.
+//! `cargo bench --bench cpu_forward -- [--config FILE | --adm-flags FILE] [--batch N] [--iters N]
+//! [--json OUT]`: `--adm-flags` takes a guided-diffusion flags string (e.g.
+//! `tools/adm_128_flags.txt`) and builds the architecture `uqengine convert adm` makes of it.
+//! `tools/bench-cpu.sh` runs this and the PyTorch reference (`tools/bench_torch_unet.py`,
+//! `tools/bench_torch_adm.py`) on the same architecture in the same run and prints the ratio.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::Backend;
+use uqengine::config::JsonConfig;
+use uqengine::convert::adm::{unet_config, AdmFlags};
 use uqengine::models::unet::{UNet, UNetConfig};
 use uqengine::models::weights::Weights;
 use uqengine::rng::{Purpose, Stream};
@@ -20,6 +24,7 @@ fn main() {
     let mut batch = 16usize;
     let mut iters = 5usize;
     let mut json: Option<PathBuf> = None;
+    let mut adm_flags: Option<PathBuf> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -36,6 +41,10 @@ fn main() {
                 iters = args[i + 1].parse().expect("--iters N");
                 i += 1;
             }
+            "--adm-flags" => {
+                adm_flags = Some(PathBuf::from(&args[i + 1]));
+                i += 1;
+            }
             "--json" => {
                 json = Some(PathBuf::from(&args[i + 1]));
                 i += 1;
@@ -45,7 +54,18 @@ fn main() {
         i += 1;
     }
     let b = uqengine::backend::profile::Profiled::new(std::sync::Arc::new(CpuBackend::new()));
-    let cfg = UNetConfig::from_file(&config).expect("config");
+    let cfg = match &adm_flags {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).expect("read --adm-flags");
+            let spec = AdmFlags::parse(text.trim())
+                .and_then(|f| f.resolve())
+                .expect("guided-diffusion flags");
+            let json = unet_config(&spec).to_string();
+            config = path.clone();
+            UNetConfig::from_json(&JsonConfig::parse(&json, path).expect("config")).expect("config")
+        }
+        None => UNetConfig::from_file(&config).expect("config"),
+    };
     let unet = UNet::from_weights(&b, cfg.clone(), &Weights::synthetic(7)).expect("model");
     let (c, s) = (cfg.in_channels, cfg.sample_size);
     let mut x = vec![0.0f32; batch * s * s * c];
