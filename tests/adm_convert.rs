@@ -166,8 +166,24 @@ fn channel_mult_defaults_follow_the_image_size() {
     assert_eq!(flag_error_key(&e), "channel_mult");
     assert!(e.to_string().contains("--image_size 32"), "{e}");
     // 512's first multiplier of 0.5 gives conv_in fewer channels than the time embedding's
-    // sinusoids, which a UNet2DModel config cannot express.
-    assert_eq!(resolve_error_key("--image_size 512"), "channel_mult");
+    // sinusoids: the config says so with timestep_input_dim.
+    let spec = flags("--image_size 512 --num_channels 256")
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        spec.arch.block_channels,
+        [128, 256, 256, 512, 512, 1024, 1024]
+    );
+    let c = unet_config(&spec);
+    assert_eq!(c["timestep_input_dim"], 256);
+    assert_eq!(c["time_embedding_dim"], 1024);
+    let cfg = uqengine::models::unet::UNetConfig::from_json(
+        &uqengine::config::JsonConfig::parse(&c.to_string(), std::path::Path::new("config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!((cfg.timestep_input_dim, cfg.time_embed_dim), (256, 1024));
+    assert_eq!(cfg.block_out_channels[0], 128);
 }
 
 #[test]
@@ -279,6 +295,7 @@ fn unet_config_of_the_readme_128_model() {
         "_class_name": "UNet2DModel",
         "sample_size": 128, "in_channels": 3, "out_channels": 6,
         "center_input_sample": false, "time_embedding_type": "positional",
+        "timestep_input_dim": 256, "time_embedding_dim": 1024,
         "flip_sin_to_cos": true, "freq_shift": 0,
         "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
                              "AttnDownBlock2D", "AttnDownBlock2D"],

@@ -19,7 +19,12 @@ use uqengine::models::unet::UNet;
 use uqengine::pipeline::{BatchInput, Generator};
 use uqengine::sampler::{apply_step_learned, Sampler, SamplerKind, SchedulerConfig};
 
-const CONFIGS: [&str; 3] = ["cond_learned_updown", "uncond_newattn", "heads_upsample"];
+const CONFIGS: [&str; 4] = [
+    "cond_learned_updown",
+    "uncond_newattn",
+    "heads_upsample",
+    "half_first_level",
+];
 
 /// A fixture model converted into a temporary directory.
 struct Converted {

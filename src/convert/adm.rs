@@ -48,7 +48,7 @@ y/n, 1/0). A flag left out has guided-diffusion's default:
   --image_size 64  --num_channels 128  --num_res_blocks 2  --num_heads 4
   --num_heads_upsample -1 (= num_heads)  --num_head_channels -1 (fixed head counts)
   --attention_resolutions 16,8  --channel_mult \"\" (by image size: 64 -> 1,2,3,4;
-  128 -> 1,1,2,3,4; 256 -> 1,1,2,2,4,4; 512 -> 0.5,1,1,2,2,4,4, which cannot be converted)
+  128 -> 1,1,2,3,4; 256 -> 1,1,2,2,4,4; 512 -> 0.5,1,1,2,2,4,4)
   --class_cond False (True: 1000 classes)  --use_scale_shift_norm True
   --resblock_updown False  --use_new_attention_order False  --learn_sigma False
   --diffusion_steps 1000  --noise_schedule linear (or cosine)  --predict_xstart False
@@ -157,6 +157,8 @@ pub fn unet_config(spec: &AdmSpec) -> Value {
         "out_channels": a.out_channels,
         "center_input_sample": false,
         "time_embedding_type": "positional",
+        "timestep_input_dim": a.model_channels,
+        "time_embedding_dim": a.time_embed_dim(),
         "flip_sin_to_cos": true,
         "freq_shift": 0,
         "down_block_types": down,

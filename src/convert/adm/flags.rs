@@ -460,18 +460,6 @@ impl AdmArch {
                 ));
             }
         }
-        if block_channels[0] != model_channels {
-            return Err(flag_err(
-                "channel_mult",
-                format!(
-                    "the first level has {} channels but the timestep embedding's sinusoids \
-                     are --num_channels {model_channels} wide; a UNet2DModel ties both to \
-                     block_out_channels[0], so a first multiplier other than 1 (as in \
-                     guided-diffusion's 512x512 model) cannot be converted",
-                    block_channels[0]
-                ),
-            ));
-        }
         if num_res_blocks == 0 && block_channels.windows(2).any(|w| w[0] != w[1]) {
             return Err(flag_err(
                 "num_res_blocks",

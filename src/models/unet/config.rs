@@ -40,6 +40,10 @@ pub struct UNetConfig {
     pub norm_eps: f64,
     pub num_class_embeds: Option<usize>,
     pub time_embed_dim: usize,
+    /// Width of the sinusoidal timestep features (diffusers' `timestep_input_dim`,
+    /// `block_out_channels[0]` unless the config's `timestep_input_dim` says otherwise: ADM's
+    /// 512x512 model has a first level half as wide as its features).
+    pub timestep_input_dim: usize,
     pub add_attention: bool,
     /// `resnet_time_scale_shift: "scale_shift"`: the time embedding scales and shifts the
     /// second norm of every resnet (ADM's `use_scale_shift_norm`) instead of being added.
@@ -250,6 +254,7 @@ impl UNetConfig {
             return Err(c.unsupported("layers_per_block", "0 with unequal block_out_channels"));
         }
         let freq_shift = c.or("freq_shift", 0.0)?;
+        let timestep_input_dim: usize = c.or("timestep_input_dim", block_out_channels[0])?;
         let time_embed_dim = match c.opt("time_embedding_dim")? {
             Some(d) => d,
             None => block_out_channels[0].checked_mul(4).ok_or_else(|| {
@@ -280,6 +285,7 @@ impl UNetConfig {
             norm_eps: c.or("norm_eps", Positive(1e-5))?.0,
             num_class_embeds: c.opt("num_class_embeds")?,
             time_embed_dim,
+            timestep_input_dim,
             add_attention: c.or("add_attention", true)?,
             scale_shift,
             resnet_downsample: c.or("downsample_type", "conv".to_string())? == "resnet",
@@ -287,13 +293,17 @@ impl UNetConfig {
             attention_heads,
             attention_heads_up,
         };
-        if cfg.block_out_channels[0] / 2 == 0 {
-            return Err(c.unsupported(
-                "block_out_channels",
-                format!("{:?}", cfg.block_out_channels),
-            ));
+        if cfg.timestep_input_dim / 2 == 0 {
+            return Err(if c.get("timestep_input_dim").is_some() {
+                c.unsupported("timestep_input_dim", cfg.timestep_input_dim)
+            } else {
+                c.unsupported(
+                    "block_out_channels",
+                    format!("{:?}", cfg.block_out_channels),
+                )
+            });
         }
-        if (cfg.block_out_channels[0] / 2) as f64 == freq_shift {
+        if (cfg.timestep_input_dim / 2) as f64 == freq_shift {
             return Err(c.unsupported("freq_shift", freq_shift));
         }
         // 2^downsamplings overflows past 63 downsamplings, where no sample size is divisible.

@@ -51,7 +51,7 @@ pub struct UNet {
     time_lin1: Linear,
     time_lin2: Linear,
     class_embedding: Option<Vec<f32>>,
-    /// The sinusoidal embedding's frequencies `[block_out_channels[0] / 2]`, on the backend.
+    /// The sinusoidal embedding's frequencies `[timestep_input_dim / 2]`, on the backend.
     time_freqs: Tensor,
     down: Vec<DownBlock>,
     mid_resnets: Vec<ResnetBlock>,
@@ -114,7 +114,8 @@ impl UNet {
             true,
         )?;
         let tv = r.pp("time_embedding");
-        let time_lin1 = layers::linear(b, &tv, "linear_1", ch[0], temb, true)?;
+        let tdim = cfg.timestep_input_dim;
+        let time_lin1 = layers::linear(b, &tv, "linear_1", tdim, temb, true)?;
         let time_lin2 = layers::linear(b, &tv, "linear_2", temb, temb, true)?;
         let class_embedding = match cfg.num_class_embeds {
             Some(n) => Some(r.pp("class_embedding").get("weight", &[n, temb])?),
@@ -264,7 +265,7 @@ impl UNet {
             &conv_out_weight,
             Some(&conv_out_bias),
         )?;
-        let time_freqs = b.upload_params(&[ch[0] / 2], &time_freqs(&cfg))?;
+        let time_freqs = b.upload_params(&[tdim / 2], &time_freqs(&cfg))?;
         Ok(UNet {
             config: cfg,
             dir: w.path().parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -302,7 +303,7 @@ impl UNet {
         &self.weights_dtype
     }
 
-    /// Sinusoidal timestep embedding `[n, block_out_channels[0]]`, computed in f32 as diffusers'
+    /// Sinusoidal timestep embedding `[n, timestep_input_dim]`, computed in f32 as diffusers'
     /// `get_timestep_embedding` does.
     pub fn timestep_features(&self, t: &[f32]) -> Vec<f32> {
         let freqs = time_freqs(&self.config);
@@ -322,7 +323,7 @@ impl UNet {
     /// resnet consumes.
     pub fn embedding(&self, b: &dyn Backend, t: &[f32], class: Option<&[usize]>) -> Result<Tensor> {
         let n = t.len();
-        let dim = self.config.block_out_channels[0];
+        let dim = self.config.timestep_input_dim;
         let feats = b.upload(&[n, dim], &self.timestep_features(t))?;
         let rows = self.class_rows(b, class, n)?;
         self.embedding_from(b, &feats, rows.as_ref())
@@ -362,13 +363,13 @@ impl UNet {
         }
     }
 
-    /// The sinusoidal features `[rows, block_out_channels[0]]` of one timestep `t` for every
+    /// The sinusoidal features `[rows, timestep_input_dim]` of one timestep `t` for every
     /// row, computed on the backend (nothing is uploaded).
     pub fn step_features(&self, b: &dyn Backend, t: f32, rows: usize) -> Result<Tensor> {
         b.timestep_features(&self.time_freqs, t, rows, self.config.flip_sin_to_cos)
     }
 
-    /// The embedding from timestep features `[n, block_out_channels[0]]` and class rows (from
+    /// The embedding from timestep features `[n, timestep_input_dim]` and class rows (from
     /// [`UNet::class_rows`]).
     pub fn embedding_from(
         &self,
@@ -579,10 +580,10 @@ impl UNet {
     }
 }
 
-/// The frequencies of diffusers' `get_timestep_embedding` for `block_out_channels[0]` features:
+/// The frequencies of diffusers' `get_timestep_embedding` for `timestep_input_dim` features:
 /// `exp(-ln(10000) * i / (half - freq_shift))`, in f32 as diffusers computes them.
 fn time_freqs(cfg: &UNetConfig) -> Vec<f32> {
-    let half = cfg.block_out_channels[0] / 2;
+    let half = cfg.timestep_input_dim / 2;
     let shift = cfg.freq_shift as f32;
     let ln = -(10000f64.ln() as f32);
     (0..half)
