@@ -134,6 +134,35 @@ impl Bench {
         );
     }
 
+    /// ADM's own ops at one level: the scale-shift GroupNorm(+SiLU) of every resnet and the
+    /// average pooling of its downsampling resnets.
+    fn adm_level(&mut self, model: &str, n: usize, hw: usize, c: usize) {
+        let b = self.b.clone();
+        let groups = if c.is_multiple_of(32) { 32 } else { 1 };
+        let norm = b
+            .prepare_norm(groups, 1e-5, &values(c, 3, 1.0), &values(c, 4, 0.1))
+            .unwrap();
+        let x = b
+            .upload(&[n, hw, hw, c], &values(n * hw * hw * c, 5, 1.0))
+            .unwrap();
+        let ss = b.upload(&[n, 2 * c], &values(n * 2 * c, 6, 0.5)).unwrap();
+        let elems = (n * hw * hw * c) as f64;
+        let t = self.time(|| b.group_norm_scale_shift(&x, &norm, &ss, true).unwrap());
+        let shape = format!("n{n} {hw}x{hw}x{c} g{groups}");
+        // Statistics read the input twice, the apply reads it once and writes the output.
+        self.record(
+            model,
+            "group_norm_scale_shift_silu",
+            shape,
+            t,
+            0.0,
+            2.0 * 4.0 * elems,
+        );
+        let t = self.time(|| b.avg_pool2x(&x).unwrap());
+        let shape = format!("n{n} {hw}x{hw}x{c}");
+        self.record(model, "avg_pool2x", shape, t, 0.0, 2.0 * 1.25 * elems);
+    }
+
     fn attention(&mut self, model: &str, n: usize, len: usize, heads: usize, dh: usize) {
         let b = self.b.clone();
         let d = heads * dh;
@@ -290,14 +319,15 @@ fn main() {
     let (rows, din) = if smoke { (4, 32) } else { (16, 512) };
     bench.linear("cifar10-32", rows, din, din);
     // ADM ImageNet-128 at batch 8: 256 x (1, 1, 2, 3, 4) channels at 128/64/32/16/8,
-    // attention (64 channels per head) at 32, 16 and 8.
+    // attention with 4 heads (num_heads 4: 128, 192 and 256 channels per head) at 32, 16 and 8.
     for (hw, c) in [(128, 256), (64, 256), (32, 512), (16, 768), (8, 1024)] {
         let (n, hw, c) = sz(8, hw, c);
         bench.conv_level("adm-128", n, hw, c);
+        bench.adm_level("adm-128", n, hw, c);
     }
     for (len, ch) in [(1024, 512), (256, 768), (64, 1024)] {
-        let (n, len, heads) = if smoke { (1, 16, 2) } else { (8, len, ch / 64) };
-        bench.attention("adm-128", n, len, heads, 64);
+        let (n, len, dh) = if smoke { (1, 16, 32) } else { (8, len, ch / 4) };
+        bench.attention("adm-128", n, len, 4, dh);
     }
     let (smp, s) = if smoke { (1, 8) } else { (8, 128) };
     bench.sampler("adm-128", smp, 6, s, 3);
