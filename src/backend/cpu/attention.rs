@@ -1,9 +1,10 @@
 //! Scaled dot-product attention on the CPU: per (sample, head), `softmax(scale * q k^T) v`
-//! with two GEMMs and an f32 softmax in between.
+//! with two GEMMs and an f32 softmax in between ([`fastmath::softmax_row`]).
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::fastmath;
 use crate::linalg::matmul::sgemm_strided;
 
 #[derive(Clone, Copy)]
@@ -58,20 +59,7 @@ pub fn attention(
                 );
             }
             for row in s.chunks_exact_mut(lk) {
-                let mut m = f32::NEG_INFINITY;
-                for x in row.iter_mut() {
-                    *x *= scale;
-                    m = m.max(*x);
-                }
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
-                }
+                fastmath::softmax_row(row, scale);
             }
             unsafe {
                 sgemm_strided(

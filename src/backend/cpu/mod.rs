@@ -3,6 +3,7 @@
 
 mod attention;
 mod conv;
+mod fastmath;
 mod norm;
 
 use rayon::prelude::*;

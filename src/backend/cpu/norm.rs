@@ -1,9 +1,9 @@
 //! GroupNorm (NHWC) and LayerNorm on the CPU. Statistics are accumulated in f64 (biased
-//! variance, as PyTorch), the affine apply in f32.
+//! variance, as PyTorch), the affine apply in f32 (vectorised, SiLU with [`fastmath::exp`]).
 
 use rayon::prelude::*;
 
-use super::silu;
+use super::fastmath;
 
 /// Per-sample, per-group `(mean, 1/sqrt(var + eps))` of `[n, hw, c]` data, indexed
 /// `sample * groups + group`.
@@ -76,20 +76,24 @@ pub fn group_norm_modulated(
 ) -> Vec<f32> {
     let cg = c / groups;
     let stats = group_norm_stats(x, n, hw, c, groups, eps);
+    // Per sample, the group statistics repeated over each group's channels: mean then rstd.
+    let mut per_channel = vec![0.0f32; n * 2 * c];
+    for (b, mr) in per_channel.chunks_exact_mut(2 * c).enumerate() {
+        for ch in 0..c {
+            let (mean, rstd) = stats[b * groups + ch / cg];
+            mr[ch] = mean;
+            mr[c + ch] = rstd;
+        }
+    }
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(c)
         .zip(x.par_chunks(c))
         .enumerate()
         .for_each(|(p, (o, xi))| {
             let b = p / hw;
-            for ch in 0..c {
-                let (mean, rstd) = stats[b * groups + ch / cg];
-                let mut v = (xi[ch] - mean) * rstd * gamma[ch] + beta[ch];
-                if let Some(ss) = ss {
-                    v = v * (1.0 + ss[b * 2 * c + ch]) + ss[b * 2 * c + c + ch];
-                }
-                o[ch] = if apply_silu { silu(v) } else { v };
-            }
+            let mr = &per_channel[b * 2 * c..(b + 1) * 2 * c];
+            let ssb = ss.map(|ss| &ss[b * 2 * c..(b + 1) * 2 * c]);
+            fastmath::norm_pixel(xi, o, &mr[..c], &mr[c..], gamma, beta, ssb, apply_silu);
         });
     out
 }
