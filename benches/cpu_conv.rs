@@ -1,7 +1,8 @@
 //! Single CPU convolutions at the ddpm-cifar10-32 and ADM layer shapes, ms per call and GFLOP/s
 //! (`UQENGINE_CPU_WINOGRAD=0` for the direct convolution).
 //!
-//! `cargo bench --bench cpu_conv [-- adm]`: `adm` times the ADM-64 / ADM-128 shapes at batch 1.
+//! `cargo bench --bench cpu_conv [-- adm | gemm]`: `adm` times the ADM-64 / ADM-128 shapes at
+//! batch 1, `gemm` single-thread GEMMs at the Winograd product shapes.
 
 use std::time::Instant;
 
@@ -11,6 +12,10 @@ use uqengine::backend::{Backend, ConvSpec};
 fn main() {
     let b = CpuBackend::new();
     let adm = std::env::args().any(|a| a == "adm");
+    if std::env::args().any(|a| a == "gemm") {
+        gemm_rate();
+        return;
+    }
     // (batch, h = w, cin, cout)
     let shapes: &[(usize, usize, usize, usize)] = if adm {
         &[
@@ -61,6 +66,33 @@ fn main() {
             "n{n} {hw}x{hw} {cin}->{cout}: {:.2} ms = {:.1} GFLOP/s (direct-equivalent)",
             dt * 1e3,
             fl / dt / 1e9
+        );
+    }
+}
+
+/// Single-thread GEMM rate at the Winograd product shapes (`-- gemm`).
+fn gemm_rate() {
+    use uqengine::linalg::matmul::sgemm;
+    for (m, k, n) in [
+        (170, 192, 192),
+        (64, 384, 384),
+        (64, 576, 576),
+        (16, 768, 768),
+        (512, 192, 192),
+        (1024, 1728, 192),
+    ] {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.01f32; k * n];
+        let mut c = vec![0f32; m * n];
+        let reps = (4e9 / (2.0 * (m * k * n) as f64)) as usize;
+        let t = Instant::now();
+        for _ in 0..reps {
+            sgemm(m, n, k, &a, &b, &mut c, false);
+        }
+        let dt = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "gemm 1 thread {m}x{k}x{n}: {:.1} GFLOP/s",
+            2.0 * (m * k * n) as f64 / dt / 1e9
         );
     }
 }

@@ -152,6 +152,140 @@ pub fn winograd_weights(cin: usize, cout: usize, wt: &[f32]) -> Vec<f32> {
     u
 }
 
+/// `o = B^T [a0; a1; a2; a3]` per channel, `B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]`.
+#[inline(always)]
+fn bt4(a: [&[f32]; 4], o: [&mut [f32]; 4]) {
+    let [o0, o1, o2, o3] = o;
+    let n = o0.len();
+    let (a0, a1, a2, a3) = (&a[0][..n], &a[1][..n], &a[2][..n], &a[3][..n]);
+    let (o1, o2, o3) = (&mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    for c in 0..n {
+        let (d0, d1, d2, d3) = (a0[c], a1[c], a2[c], a3[c]);
+        o0[c] = d0 - d2;
+        o1[c] = d1 + d2;
+        o2[c] = d2 - d1;
+        o3[c] = d1 - d3;
+    }
+}
+
+/// `o = A^T [a0; a1; a2; a3]` per channel, `A^T = [[1,1,1,0],[0,1,-1,-1]]`.
+#[inline(always)]
+fn at4(a: [&[f32]; 4], o: [&mut [f32]; 2]) {
+    let [o0, o1] = o;
+    let n = o0.len();
+    let (a0, a1, a2, a3) = (&a[0][..n], &a[1][..n], &a[2][..n], &a[3][..n]);
+    let o1 = &mut o1[..n];
+    for c in 0..n {
+        o0[c] = a0[c] + a1[c] + a2[c];
+        o1[c] = a1[c] - a2[c] - a3[c];
+    }
+}
+
+/// The first `R` rows of `n` floats of `x`.
+fn tile_rows<const R: usize>(x: &[f32], n: usize) -> [&[f32]; R] {
+    std::array::from_fn(|e| &x[e * n..(e + 1) * n])
+}
+
+/// The input transform `V = B^T d B` of tile `j` of a chunk of `tc` tiles: `d` is the gathered
+/// 4x4 tile `[16, cin]`, `tmp` scratch of the same size, `v` the chunk's `[16, tc, cin]`.
+#[inline(always)]
+fn input_tile_impl(d: &[f32], tmp: &mut [f32], v: &mut [f32], cin: usize, tc: usize, j: usize) {
+    // tmp = B^T d (over the rows i, per column k), stored column after column: tmp[k*4 + i].
+    let dr = tile_rows::<16>(d, cin);
+    for (k, tk) in tmp[..16 * cin].chunks_exact_mut(4 * cin).enumerate() {
+        let (t0, rest) = tk.split_at_mut(cin);
+        let (t1, rest) = rest.split_at_mut(cin);
+        let (t2, t3) = rest.split_at_mut(cin);
+        bt4([dr[k], dr[4 + k], dr[8 + k], dr[12 + k]], [t0, t1, t2, t3]);
+    }
+    // V = tmp B (over the columns k, per row i).
+    let tr = tile_rows::<16>(tmp, cin);
+    for i in 0..4 {
+        let e = |k: usize| ((i * 4 + k) * tc + j) * cin;
+        let (e0, e1, e2, e3) = (e(0), e(1), e(2), e(3));
+        let (lo, hi) = v.split_at_mut(e1);
+        let v0 = &mut lo[e0..e0 + cin];
+        let (m1, hi) = hi.split_at_mut(e2 - e1);
+        let (m2, m3) = hi.split_at_mut(e3 - e2);
+        bt4(
+            [tr[i], tr[4 + i], tr[8 + i], tr[12 + i]],
+            [v0, &mut m1[..cin], &mut m2[..cin], &mut m3[..cin]],
+        );
+    }
+}
+
+/// The output transform `Y = A^T M A` of tile `j` of a chunk: `m` the chunk's products
+/// `[16, tc, cout]`, `s` scratch `[8, cout]`, `y` the tile's 2x2 outputs `[4, cout]` (row-major).
+#[inline(always)]
+fn output_tile_impl(m: &[f32], s: &mut [f32], y: &mut [f32], cout: usize, tc: usize, j: usize) {
+    let mr =
+        |a: usize, b: usize| &m[((a * 4 + b) * tc + j) * cout..((a * 4 + b) * tc + j + 1) * cout];
+    // s[i][b] = (A^T M)[i][b].
+    let (s0, s1) = s[..8 * cout].split_at_mut(4 * cout);
+    for b in 0..4 {
+        at4(
+            [mr(0, b), mr(1, b), mr(2, b), mr(3, b)],
+            [
+                &mut s0[b * cout..(b + 1) * cout],
+                &mut s1[b * cout..(b + 1) * cout],
+            ],
+        );
+    }
+    // y[i][*] = s[i] A.
+    let (y0, y1) = y[..4 * cout].split_at_mut(2 * cout);
+    for (si, yi) in [(&*s0, y0), (&*s1, y1)] {
+        let sr = tile_rows::<4>(si, cout);
+        let (ya, yb) = yi.split_at_mut(cout);
+        at4([sr[0], sr[1], sr[2], sr[3]], [ya, yb]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn input_tile_avx2(
+    d: &[f32],
+    tmp: &mut [f32],
+    v: &mut [f32],
+    cin: usize,
+    tc: usize,
+    j: usize,
+) {
+    input_tile_impl(d, tmp, v, cin, tc, j)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn output_tile_avx2(
+    m: &[f32],
+    s: &mut [f32],
+    y: &mut [f32],
+    cout: usize,
+    tc: usize,
+    j: usize,
+) {
+    output_tile_impl(m, s, y, cout, tc, j)
+}
+
+/// [`input_tile_impl`], vectorised for AVX2 when the CPU has it (same arithmetic either way).
+fn input_tile(d: &[f32], tmp: &mut [f32], v: &mut [f32], cin: usize, tc: usize, j: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { input_tile_avx2(d, tmp, v, cin, tc, j) };
+    }
+    input_tile_impl(d, tmp, v, cin, tc, j)
+}
+
+/// [`output_tile_impl`], vectorised for AVX2 when the CPU has it (same arithmetic either way).
+fn output_tile(m: &[f32], s: &mut [f32], y: &mut [f32], cout: usize, tc: usize, j: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { output_tile_avx2(m, s, y, cout, tc, j) };
+    }
+    output_tile_impl(m, s, y, cout, tc, j)
+}
+
 /// NHWC 3x3 stride-1 pad-1 convolution by Winograd F(2x2, 3x3), `y = conv(x) + bias +
 /// residual`; `u`: [`winograd_weights`]. Output tiles of 2x2 (input tiles of 4x4) are processed
 /// in parallel chunks; per chunk the 16 transformed products are 16 GEMMs
@@ -209,30 +343,7 @@ pub fn conv3x3_winograd_nhwc(
                         }
                     }
                 }
-                // tmp = B^T d (rows), then V = tmp B (columns);
-                // B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]].
-                for k in 0..4 {
-                    let r = |i: usize| (i * 4 + k) * cin;
-                    for c in 0..cin {
-                        let (d0, d1, d2, d3) = (d[r(0) + c], d[r(1) + c], d[r(2) + c], d[r(3) + c]);
-                        tmp[r(0) + c] = d0 - d2;
-                        tmp[r(1) + c] = d1 + d2;
-                        tmp[r(2) + c] = d2 - d1;
-                        tmp[r(3) + c] = d1 - d3;
-                    }
-                }
-                for i in 0..4 {
-                    let r = |k: usize| (i * 4 + k) * cin;
-                    let vr = |k: usize| ((i * 4 + k) * tc + j) * cin;
-                    for c in 0..cin {
-                        let (t0_, t1, t2, t3) =
-                            (tmp[r(0) + c], tmp[r(1) + c], tmp[r(2) + c], tmp[r(3) + c]);
-                        v[vr(0) + c] = t0_ - t2;
-                        v[vr(1) + c] = t1 + t2;
-                        v[vr(2) + c] = t2 - t1;
-                        v[vr(3) + c] = t1 - t3;
-                    }
-                }
+                input_tile(&d, &mut tmp, &mut v, cin, tc, j);
             }
             let mut m = vec![0.0f32; 16 * tc * cout];
             let product = |(e, me): (usize, &mut [f32])| {
@@ -254,20 +365,16 @@ pub fn conv3x3_winograd_nhwc(
             // Y = A^T M A, A^T = [[1,1,1,0],[0,1,-1,-1]]: 4 outputs per tile and channel, in
             // tile order (row-major 2x2).
             let mut y = vec![0.0f32; tc * 4 * cout];
-            let mr = |a: usize, b: usize, j: usize| ((a * 4 + b) * tc + j) * cout;
+            let mut s = vec![0.0f32; 8 * cout];
             for j in 0..tc {
-                for c in 0..cout {
-                    let mv = |a: usize, b: usize| m[mr(a, b, j) + c];
-                    let mut s = [[0.0f32; 4]; 2];
-                    for (b, _) in [(); 4].iter().enumerate() {
-                        s[0][b] = mv(0, b) + mv(1, b) + mv(2, b);
-                        s[1][b] = mv(1, b) - mv(2, b) - mv(3, b);
-                    }
-                    for (i, row) in s.iter().enumerate() {
-                        y[(j * 4 + i * 2) * cout + c] = row[0] + row[1] + row[2];
-                        y[(j * 4 + i * 2 + 1) * cout + c] = row[1] - row[2] - row[3];
-                    }
-                }
+                output_tile(
+                    &m,
+                    &mut s,
+                    &mut y[j * 4 * cout..(j + 1) * 4 * cout],
+                    cout,
+                    tc,
+                    j,
+                );
             }
             (t0, y)
         })
