@@ -286,6 +286,45 @@ fn output_tile(m: &[f32], s: &mut [f32], y: &mut [f32], cout: usize, tc: usize, 
     output_tile_impl(m, s, y, cout, tc, j)
 }
 
+thread_local! {
+    /// Scratch buffers of this thread, reused across calls: taken and given back, so nested
+    /// parallel tasks that run on one thread never share one.
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` floats, contents arbitrary: the smallest scratch buffer that is large
+/// enough, else the largest one grown.
+fn take_scratch(len: usize) -> Vec<f32> {
+    let mut v = SCRATCH
+        .with(|p| {
+            let mut p = p.borrow_mut();
+            let fit = (0..p.len())
+                .filter(|&i| p[i].capacity() >= len)
+                .min_by_key(|&i| p[i].capacity())
+                .or_else(|| (0..p.len()).max_by_key(|&i| p[i].capacity()));
+            fit.map(|i| p.swap_remove(i))
+        })
+        .unwrap_or_default();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Give back a buffer of [`take_scratch`].
+fn give_scratch(v: Vec<f32>) {
+    SCRATCH.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 8 {
+            p.push(v);
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks that share one write disjoint elements.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
 /// NHWC 3x3 stride-1 pad-1 convolution by Winograd F(2x2, 3x3), `y = conv(x) + bias +
 /// residual`; `u`: [`winograd_weights`]. Output tiles of 2x2 (input tiles of 4x4) are processed
 /// in parallel chunks; per chunk the 16 transformed products are 16 GEMMs
@@ -317,69 +356,68 @@ pub fn conv3x3_winograd_nhwc(
     let chunk = chunk.clamp(4, 512).min(tiles.div_ceil(2 * threads).max(64));
     let chunks = tiles.div_ceil(chunk);
     let split_products = chunks < 2 * threads;
-    // Each chunk writes its own output pixels: collect them, then scatter.
-    let results: Vec<(usize, Vec<f32>)> = (0..chunks)
-        .into_par_iter()
-        .map(|ci_| {
-            let t0 = ci_ * chunk;
-            let tc = chunk.min(tiles - t0);
-            let mut v = vec![0.0f32; 16 * tc * cin];
-            let mut d = vec![0.0f32; 16 * cin];
-            let mut tmp = vec![0.0f32; 16 * cin];
-            for j in 0..tc {
-                let t = t0 + j;
-                let (b, ty, tx) = (t / (th * tw), (t / tw) % th, t % tw);
-                // d[i][k] = x[b, 2ty-1+i, 2tx-1+k, :] (zero outside).
-                for i in 0..4 {
-                    let ih = (2 * ty + i) as isize - 1;
-                    for k in 0..4 {
-                        let iw = (2 * tx + k) as isize - 1;
-                        let dst = &mut d[(i * 4 + k) * cin..(i * 4 + k + 1) * cin];
-                        if ih < 0 || ih >= h as isize || iw < 0 || iw >= w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            let src = ((b * h + ih as usize) * w + iw as usize) * cin;
-                            dst.copy_from_slice(&x[src..src + cin]);
-                        }
+    // Each chunk writes its own output pixels.
+    let optr = SendPtr(out.as_mut_ptr());
+    (0..chunks).into_par_iter().for_each(|ci_| {
+        #[allow(clippy::redundant_locals)]
+        let optr = optr;
+        let t0 = ci_ * chunk;
+        let tc = chunk.min(tiles - t0);
+        let mut v = take_scratch(16 * tc * cin);
+        let mut d = vec![0.0f32; 16 * cin];
+        let mut tmp = vec![0.0f32; 16 * cin];
+        for j in 0..tc {
+            let t = t0 + j;
+            let (b, ty, tx) = (t / (th * tw), (t / tw) % th, t % tw);
+            // d[i][k] = x[b, 2ty-1+i, 2tx-1+k, :] (zero outside).
+            for i in 0..4 {
+                let ih = (2 * ty + i) as isize - 1;
+                for k in 0..4 {
+                    let iw = (2 * tx + k) as isize - 1;
+                    let dst = &mut d[(i * 4 + k) * cin..(i * 4 + k + 1) * cin];
+                    if ih < 0 || ih >= h as isize || iw < 0 || iw >= w as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = ((b * h + ih as usize) * w + iw as usize) * cin;
+                        dst.copy_from_slice(&x[src..src + cin]);
                     }
                 }
-                input_tile(&d, &mut tmp, &mut v, cin, tc, j);
             }
-            let mut m = vec![0.0f32; 16 * tc * cout];
-            let product = |(e, me): (usize, &mut [f32])| {
-                sgemm(
-                    tc,
-                    cout,
-                    cin,
-                    &v[e * tc * cin..(e + 1) * tc * cin],
-                    &u[e * cin * cout..(e + 1) * cin * cout],
-                    me,
-                    false,
-                );
-            };
-            if split_products {
-                m.par_chunks_mut(tc * cout).enumerate().for_each(product);
-            } else {
-                m.chunks_mut(tc * cout).enumerate().for_each(product);
-            }
-            // Y = A^T M A, A^T = [[1,1,1,0],[0,1,-1,-1]]: 4 outputs per tile and channel, in
-            // tile order (row-major 2x2).
-            let mut y = vec![0.0f32; tc * 4 * cout];
-            let mut s = vec![0.0f32; 8 * cout];
-            for j in 0..tc {
-                output_tile(
-                    &m,
-                    &mut s,
-                    &mut y[j * 4 * cout..(j + 1) * 4 * cout],
-                    cout,
-                    tc,
-                    j,
-                );
-            }
-            (t0, y)
-        })
-        .collect();
-    for (t0, y) in results {
+            input_tile(&d, &mut tmp, &mut v, cin, tc, j);
+        }
+        let mut m = take_scratch(16 * tc * cout);
+        let product = |(e, me): (usize, &mut [f32])| {
+            sgemm(
+                tc,
+                cout,
+                cin,
+                &v[e * tc * cin..(e + 1) * tc * cin],
+                &u[e * cin * cout..(e + 1) * cin * cout],
+                me,
+                false,
+            );
+        };
+        if split_products {
+            m.par_chunks_mut(tc * cout).enumerate().for_each(product);
+        } else {
+            m.chunks_mut(tc * cout).enumerate().for_each(product);
+        }
+        // Y = A^T M A, A^T = [[1,1,1,0],[0,1,-1,-1]]: 4 outputs per tile and channel, in
+        // tile order (row-major 2x2).
+        give_scratch(v);
+        let mut y = take_scratch(tc * 4 * cout);
+        let mut s = vec![0.0f32; 8 * cout];
+        for j in 0..tc {
+            output_tile(
+                &m,
+                &mut s,
+                &mut y[j * 4 * cout..(j + 1) * 4 * cout],
+                cout,
+                tc,
+                j,
+            );
+        }
+        give_scratch(m);
         for (j, ty4) in y.chunks_exact(4 * cout).enumerate() {
             let t = t0 + j;
             let (b, ty, tx) = (t / (th * tw), (t / tw) % th, t % tw);
@@ -390,7 +428,8 @@ pub fn conv3x3_winograd_nhwc(
                         continue;
                     }
                     let p = (b * h + oh) * w + ow;
-                    let o = &mut out[p * cout..(p + 1) * cout];
+                    // SAFETY: pixel p < n*h*w belongs to tile t, which only this task writes.
+                    let o = unsafe { std::slice::from_raw_parts_mut(optr.0.add(p * cout), cout) };
                     o.copy_from_slice(&ty4[(i * 2 + k) * cout..(i * 2 + k + 1) * cout]);
                     if let Some(bv) = bias {
                         for (v, b) in o.iter_mut().zip(bv) {
@@ -405,7 +444,8 @@ pub fn conv3x3_winograd_nhwc(
                 }
             }
         }
-    }
+        give_scratch(y);
+    });
     out
 }
 
