@@ -349,11 +349,15 @@ pub fn conv3x3_winograd_nhwc(
     // on ddpm-cifar10-32, batch 16: 1 MiB 3.6 s, 2 MiB 3.4 s, 4 MiB 2.9 s, 8 MiB 3.2 s).
     let chunk = (4usize << 20) / (4 * 16 * (cin + cout)).max(1);
     let threads = rayon::current_num_threads().max(1);
-    // At least 64 tiles per chunk (GEMMs of 64 rows or more): small maps (batch 1 at 16x16 or
-    // 8x8) are then one or two chunks, and the threads share each chunk's 16 products instead,
-    // so the transformed weights are read once per call rather than once per chunk (ADM-64,
-    // batch 1, same run: 8x8 768->768 15.7 -> 6.2 ms, 16x16 576->576 12.3 -> 8.3 ms).
-    let chunk = chunk.clamp(4, 512).min(tiles.div_ceil(2 * threads).max(64));
+    // At least 64 tiles per chunk (GEMMs of 64 rows or more), also where the cache size asks
+    // for fewer: small maps (batch 1 at 16x16 or 8x8) are then one or two chunks, and the
+    // threads share each chunk's 16 products instead, so the transformed weights are read once
+    // per call rather than once per chunk (batch 1, same run: 8x8 768->768 15.7 -> 6.2 ms,
+    // 16x16 576->576 12.3 -> 8.3 ms; 16x16 1024->1024 in 2 chunks of 32 tiles 59.9 ms, in one
+    // of 64 23.5 ms).
+    let chunk = chunk
+        .clamp(64, 512)
+        .min(tiles.div_ceil(2 * threads).max(64));
     let chunks = tiles.div_ceil(chunk);
     let split_products = chunks < 2 * threads;
     // Each chunk writes its own output pixels.
