@@ -12,7 +12,9 @@
 
 use std::cmp::Ordering;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 /// Options of the Gaussian entropy estimator.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,6 +90,19 @@ impl Estimator {
     pub fn score(&self, features: &[f32], n: usize, k: usize, d: usize) -> Result<Vec<f64>> {
         match self {
             Estimator::GaussianEntropy(opts) => gaussian_entropy(features, n, k, d, opts),
+        }
+    }
+
+    /// [`Estimator::score`] where the features are (`[N * K, D]` sample-major on `b`): one
+    /// reduction on the backend, only the `N` scores come back (as f32 values). A sample with a
+    /// non-finite feature gets a NaN score.
+    pub fn score_on(&self, b: &dyn Backend, features: &Tensor, k: usize) -> Result<Vec<f64>> {
+        match self {
+            Estimator::GaussianEntropy(opts) => Ok(b
+                .member_entropy(features, k, opts.sigma2)?
+                .into_iter()
+                .map(f64::from)
+                .collect()),
         }
     }
 }

@@ -16,7 +16,6 @@ use uqengine::convert::OutDtype;
 use uqengine::laplace::{fit_with_inputs, FitInputs, FitOptions, Hessian};
 use uqengine::layout::{nchw_to_nhwc, nhwc_to_nchw};
 use uqengine::models::unet::UNet;
-use uqengine::pipeline::{BatchInput, Generator};
 use uqengine::sampler::{apply_step_learned, Sampler, SamplerKind, SchedulerConfig};
 
 const CONFIGS: [&str; 4] = [
@@ -315,6 +314,7 @@ fn laplace_curvature_on_out_2_uses_only_the_eps_channels() {
 fn emulated_cuda_runs_adm_models_like_the_cpu() {
     use std::sync::Arc;
     use uqengine::backend::cuda::{emu::EmuDevice, CudaBackend};
+    use uqengine::pipeline::{BatchInput, Generator};
     let cpu = CpuBackend::new();
     let emu = CudaBackend::new(Arc::new(EmuDevice::new()));
     for name in ["cond_learned_updown", "heads_upsample"] {

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{arg as s, fixture, random_image_folder, uqengine_cli as uq};
+use common::{arg as s, fit_on_cpu, fixture, random_image_folder, uqengine_cli as uq};
 use uqengine::io::scores::read_csv;
 
 const MODEL: &str = "unet/gray_cond_multihead_f16/model";
@@ -227,4 +227,97 @@ fn uncertainty_bad_input_is_rejected_without_output() {
     ]);
     assert!(!ok && log.contains("smaller"), "{log}");
     assert!(!tmp.path().join("p2.st").exists() && !tmp.path().join("p3.st").exists());
+}
+
+/// Scores are computed per batch where the features are (on the device for `emu`: one
+/// reduction, only the scores come back) and equal the host estimator on the saved features;
+/// without `--save-members` no features are written at all.
+#[test]
+fn per_batch_scores_equal_the_estimator_on_the_features_and_features_are_kept_only_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = image_folder(tmp.path(), 20, 8);
+    let model = fixture(MODEL);
+    let clip = fixture(CLIP);
+    let post = tmp.path().join("post.safetensors");
+    fit_on_cpu(&model, &data, &post);
+    let devices: &[&str] = if cfg!(feature = "emu") {
+        &["cpu", "emu"]
+    } else {
+        &["cpu"]
+    };
+    for &device in devices {
+        let run = |name: &str, save: bool| {
+            let out = tmp.path().join(format!("{device}-{name}"));
+            let mut args = vec![
+                "sample",
+                "--model",
+                s(&model),
+                "--posterior",
+                s(&post),
+                "--extractor",
+                s(&clip),
+                "--num",
+                "5",
+                "--steps",
+                "3",
+                "--draws",
+                "2",
+                "--batch",
+                "2",
+                "--out",
+                s(&out),
+                "--device",
+                device,
+            ];
+            if save {
+                args.push("--save-members");
+            }
+            let (ok, log) = uq(&args);
+            assert!(ok, "{device} {name}: {log}");
+            out
+        };
+        let (saved, plain) = (run("saved", true), run("plain", false));
+        let files: Vec<String> = walk(&plain);
+        assert!(
+            files.iter().all(|f| !f.contains("features")),
+            "{device}: features written without --save-members: {files:?}"
+        );
+        let a = read_csv(&saved.join("scores.csv")).unwrap();
+        let b = read_csv(&plain.join("scores.csv")).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.index, x.rank), (y.index, y.rank), "{device}");
+            assert_eq!(x.uncertainty, y.uncertainty, "{device}");
+        }
+        // The host's f64 estimator on the features the run saved.
+        let f = uqengine::io::npy::read(&saved.join("features.npy")).unwrap();
+        let (n, k, d) = (f.shape[0], f.shape[1], f.shape[2]);
+        let want = uqengine::uncertainty::Estimator::default()
+            .score(&f.to_f32(), n, k, d)
+            .unwrap();
+        for (row, w) in a.iter().zip(&want) {
+            assert!(
+                (row.uncertainty - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{device} sample {}: {} vs {w}",
+                row.index,
+                row.uncertainty
+            );
+        }
+    }
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
 }

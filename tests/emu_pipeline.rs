@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_close, fixture, max_abs, max_abs_diff};
+use common::{assert_close, fit_on_cpu, fixture, max_abs, max_abs_diff};
 use uqengine::io::npy;
 use uqengine::io::scores::read_csv;
 
@@ -46,17 +46,7 @@ fn emulated_cuda_pipeline_matches_cpu_pipeline() {
         .unwrap();
     }
     let post = tmp.path().join("post.safetensors");
-    uq(&[
-        "fit",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&post),
-        "--device",
-        "cpu",
-    ]);
+    fit_on_cpu(&model, &data, &post);
     let mut runs = Vec::new();
     for device in ["cpu", "emu"] {
         let out = tmp.path().join(device);

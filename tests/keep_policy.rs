@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{arg as s, fixture, random_image_folder, uqengine_cli as uq};
+use common::{arg as s, fit_on_cpu, fixture, random_image_folder, uqengine_cli as uq};
 use uqengine::io::scores::{read_csv, rows_from_scores, ScoreRow};
 use uqengine::keep::{class_quotas, select, KeepPolicy};
 
@@ -144,18 +144,7 @@ fn sample_keep_follows_the_policy_in_every_output() {
     let clip = fixture("clip/gray_gelu_f16/model");
     let post = tmp.path().join("post.safetensors");
     let data = random_image_folder(tmp.path(), 20, 8, 777);
-    let (ok, log) = uq(&[
-        "fit",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--out",
-        s(&post),
-        "--device",
-        "cpu",
-    ]);
-    assert!(ok, "fit: {log}");
+    fit_on_cpu(&model, &data, &post);
     let run = |policy: Option<&str>, out: &Path| {
         let mut args = vec![
             "sample",

@@ -146,14 +146,9 @@ fn shards_that_do_not_form_one_run_are_refused() {
         );
     }
     std::fs::copy(c.join("samples.npy"), &samples).unwrap();
-    let f = uqengine::io::npy::read(&c.join("features.npy")).unwrap();
-    let (k, d) = (f.shape[1], f.shape[2]);
-    uqengine::io::npy::write_f32(
-        &damaged.join("features.npy"),
-        &[n, k, d + 1],
-        &vec![0.0; n * k * (d + 1)],
-    )
-    .unwrap();
+    // Without --save-members a shard keeps its scores, not its features.
+    assert!(c.join("scores.npy").exists() && !c.join("features.npy").exists());
+    uqengine::io::npy::write_f32(&damaged.join("scores.npy"), &[n + 1], &vec![0.0; n + 1]).unwrap();
     let (ok, log) = uqengine_cli(&[
         "merge",
         "--out",
@@ -161,7 +156,7 @@ fn shards_that_do_not_form_one_run_are_refused() {
         arg(&a),
         arg(&damaged),
     ]);
-    assert!(!ok && log.contains("features.npy has shape"), "{log}");
+    assert!(!ok && log.contains("scores.npy has shape"), "{log}");
     assert!(!tmp.path().join("m").exists());
     // A run with different steps cannot join.
     let d = tmp.path().join("d");

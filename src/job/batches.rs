@@ -1,13 +1,15 @@
 //! The batch loop. Every unfinished batch runs its samples' `K` member trajectories (in passes
-//! that fit memory) and writes, in this order: the MAP member's images, the member features and
-//! (with `save_members`) every member's image, and last its chunk file, whose presence marks the
-//! batch finished. The readers at the end assemble a whole run from the chunks.
+//! that fit memory) and writes, in this order: the MAP member's images, the samples' scores
+//! (computed where the extractor ran: the member features stay on the backend, only the scores
+//! come back), with `save_members` the member features and every member's image, and last its
+//! chunk file and record, which mark the batch finished. The readers at the end assemble a whole
+//! run from the chunks.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::features::extract_features;
+use super::features::member_features;
 use super::inputs::SampleInputs;
 use super::plan::{passes, BatchPlan};
 use super::run_dir::{io, RunDir};
@@ -61,6 +63,12 @@ impl BatchLoop<'_> {
         };
         let record: BTreeMap<String, String> = serde_json::from_str(&text)
             .map_err(|_| self.dir.batch_record(start).display().to_string())?;
+        // A batch finished without its scores (by an engine that kept features instead) runs
+        // again.
+        let scores = self.dir.relative(&self.dir.score_chunk(start));
+        if self.uncertainty.is_some() && !record.contains_key(&scores) {
+            return Ok(false);
+        }
         for (file, sum) in &record {
             match std::fs::read(self.dir.join(file)) {
                 Ok(bytes) if &checksum(&bytes) == sum => {}
@@ -156,19 +164,24 @@ impl BatchLoop<'_> {
         let mut feature_seconds = 0.0;
         if let (Some(u), Some(uq)) = (self.uncertainty, &self.inputs.uncertainty) {
             let t0 = Instant::now();
-            let mut f = extract_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
-            let d = uq.extractor.dim();
+            let f = member_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
+            let be = uq.extractor.backend().as_ref();
+            let mut scores = u.estimator.score_on(be, &f, k)?;
             for &j in &invalid {
-                f[j * k * d..(j + 1) * k * d].fill(f32::NAN);
+                scores[j] = f64::NAN;
             }
             feature_seconds = t0.elapsed().as_secs_f64();
-            written.push(self.dir.relative(&self.dir.feature_chunk(range.start)));
-            npy::write_f32(
-                &self.dir.feature_chunk(range.start),
-                &[n * k, uq.extractor.dim()],
-                &f,
-            )?;
+            let scores: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+            npy::write_f32(&self.dir.score_chunk(range.start), &[n], &scores)?;
+            written.push(self.dir.relative(&self.dir.score_chunk(range.start)));
             if u.save_members {
+                let d = uq.extractor.dim();
+                let mut f = be.download(&f)?;
+                for &j in &invalid {
+                    f[j * k * d..(j + 1) * k * d].fill(f32::NAN);
+                }
+                written.push(self.dir.relative(&self.dir.feature_chunk(range.start)));
+                npy::write_f32(&self.dir.feature_chunk(range.start), &[n * k, d], &f)?;
                 let root = self.dir.join("members");
                 for (j, i) in range.clone().enumerate() {
                     for m in 0..k {
@@ -229,7 +242,27 @@ pub(crate) fn read_map_samples(
     Ok(out)
 }
 
-/// Member features `[n, k, d]` of every sample of the plan, from its feature chunks.
+/// The score of every sample of the plan, from its score chunks.
+pub(crate) fn read_scores(dir: &RunDir, plan: BatchPlan) -> Result<Vec<f64>> {
+    let mut scores = Vec::with_capacity(plan.samples());
+    for range in plan.batches() {
+        let path = dir.score_chunk(range.start);
+        let a = npy::read(&path)?;
+        if a.shape != [range.len()] {
+            return Err(Error::arg(format!(
+                "{}: shape {:?}, expected [{}]",
+                path.display(),
+                a.shape,
+                range.len()
+            )));
+        }
+        scores.extend(a.to_f32().into_iter().map(f64::from));
+    }
+    Ok(scores)
+}
+
+/// Member features `[n, k, d]` of every sample of the plan, from its feature chunks (runs with
+/// `save_members`).
 pub(crate) fn read_features(dir: &RunDir, plan: BatchPlan, k: usize, d: usize) -> Result<Vec<f32>> {
     let n = plan.samples();
     let mut feats = Vec::with_capacity(n * k * d);

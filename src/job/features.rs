@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::image::HwcImage;
 use crate::io::images_out;
 use crate::models::clip::ClipVision;
+use crate::tensor::Tensor;
 
 /// Features `[n, D]` of final samples (NHWC, model space [-1, 1]) from the extractor: 8-bit
 /// quantised first when `quantize` (as saving PNGs does), otherwise mapped to [0, 1] in float.
@@ -15,6 +16,19 @@ pub fn extract_features(
     c: usize,
     quantize: bool,
 ) -> Result<Vec<f32>> {
+    let t = member_features(clip, x, n, s, c, quantize)?;
+    clip.backend().download(&t)
+}
+
+/// [`extract_features`] left where the extractor ran (`[n, D]` on its backend).
+pub fn member_features(
+    clip: &ClipVision,
+    x: &[f32],
+    n: usize,
+    s: usize,
+    c: usize,
+    quantize: bool,
+) -> Result<Tensor> {
     let per = s * s * c;
     let t = if quantize {
         let bytes: Vec<Vec<u8>> = (0..n)
@@ -40,5 +54,5 @@ pub fn extract_features(
             .collect::<Result<Vec<_>>>()?;
         clip.embed_images_f32(&imgs)?
     };
-    clip.backend().download(&t)
+    Ok(t)
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::report::{write_report, write_summary, ReportOptions, ScoredSet};
+use super::report::{write_report, write_summary, ReportOptions, ScoredSet, SetScores};
 use super::run_dir::{differences, io, RunDir};
 use super::sample::thumbnails;
 use super::JobReport;
@@ -215,7 +215,8 @@ impl MergeJob {
         })
     }
 
-    /// The report of the whole run from the shards' features.
+    /// The report of the whole run from the shards' scores (`scores.npy`; a shard that has
+    /// only `features.npy` is scored from them) and, when the run kept them, features.
     fn report(
         &self,
         dir: &RunDir,
@@ -225,33 +226,56 @@ impl MergeJob {
         members: usize,
     ) -> Result<Map<String, Value>> {
         let first = &shards[0].summary;
-        let mut features = Vec::new();
-        let mut dim = 0;
-        for s in shards {
-            let a = npy::read(&s.dir.join("features.npy"))?;
-            if a.shape.len() != 3
-                || a.shape[0] != s.samples.len()
-                || a.shape[1] != members
-                || (dim != 0 && a.shape[2] != dim)
-            {
-                return Err(bad(
-                    &s.dir,
-                    format!(
-                        "features.npy has shape {:?}, expected [{}, {members}, {}]",
-                        a.shape,
-                        s.samples.len(),
-                        if dim == 0 {
-                            "D".to_string()
-                        } else {
-                            dim.to_string()
-                        }
-                    ),
-                ));
-            }
-            dim = a.shape[2];
-            features.extend(a.to_f32());
-        }
         let estimator = Estimator::from_meta(&first["uncertainty"]["estimator"])?;
+        let settings = &first["shard"]["identity"]["uncertainty"];
+        let save_features = settings["save_members"].as_bool().unwrap_or(false);
+        let mut features = Vec::new();
+        let mut scores = Vec::new();
+        let mut dim = first["uncertainty"]["feature_dim"].as_u64().unwrap_or(0) as usize;
+        for s in shards {
+            let n = s.samples.len();
+            let score_file = s.dir.join("scores.npy");
+            let has_scores = score_file.exists();
+            if save_features || !has_scores {
+                let a = npy::read(&s.dir.join("features.npy"))?;
+                if a.shape.len() != 3
+                    || a.shape[0] != n
+                    || a.shape[1] != members
+                    || (dim != 0 && a.shape[2] != dim)
+                {
+                    return Err(bad(
+                        &s.dir,
+                        format!(
+                            "features.npy has shape {:?}, expected [{n}, {members}, {}]",
+                            a.shape,
+                            if dim == 0 {
+                                "D".to_string()
+                            } else {
+                                dim.to_string()
+                            }
+                        ),
+                    ));
+                }
+                dim = a.shape[2];
+                let f = a.to_f32();
+                if !has_scores {
+                    scores.extend(score_or_nan(&estimator, &f, n, members, dim));
+                }
+                if save_features {
+                    features.extend(f);
+                }
+            }
+            if has_scores {
+                let a = npy::read(&score_file)?;
+                if a.shape != [n] {
+                    return Err(bad(
+                        &s.dir,
+                        format!("scores.npy has shape {:?}, expected [{n}]", a.shape),
+                    ));
+                }
+                scores.extend(a.to_f32().into_iter().map(f64::from));
+            }
+        }
         let num = shape[0];
         let classes: Option<Vec<usize>> = first["classes"]
             .as_array()
@@ -260,12 +284,14 @@ impl MergeJob {
             indices: &(0..num).collect::<Vec<_>>(),
             seed: first["seed"].as_u64().unwrap_or(0),
             classes: classes.as_deref(),
-            features: &features,
+            scores: SetScores::Computed {
+                scores: &scores,
+                features: save_features.then_some(&features[..]),
+            },
             members,
             dim,
             thumbs: &thumbnails(samples, shape[1], shape[2]),
         };
-        let settings = &first["shard"]["identity"]["uncertainty"];
         let keep_policy = self
             .keep_policy
             .unwrap_or(KeepPolicy::default_for(classes.is_some()));
@@ -274,7 +300,7 @@ impl MergeJob {
             meta: json!({ "draws": settings["draws"], "quantize": settings["quantize"] }),
             keep: self.keep,
             keep_policy,
-            save_features: settings["save_members"].as_bool().unwrap_or(false),
+            save_features,
             // Shards that marked their non-finite samples invalid are merged the same way.
             mark_non_finite: first["on_non_finite"].as_str() == Some("mark"),
         };
@@ -341,4 +367,16 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per-sample scores of `[n, k, d]` features; NaN for a sample whose features or score are not
+/// finite (the report then marks it, or refuses it without `--on-non-finite mark`).
+fn score_or_nan(estimator: &Estimator, f: &[f32], n: usize, k: usize, d: usize) -> Vec<f64> {
+    f.chunks_exact((k * d).max(1))
+        .take(n)
+        .map(|one| match estimator.score(one, 1, k, d) {
+            Ok(v) if v[0].is_finite() => v[0],
+            _ => f64::NAN,
+        })
+        .collect()
 }

@@ -24,12 +24,25 @@ pub(crate) struct ScoredSet<'a> {
     pub seed: u64,
     /// Class of every sample, for class-conditional models.
     pub classes: Option<&'a [usize]>,
-    /// Member features `[n, members, dim]`, member 0 the MAP model.
-    pub features: &'a [f32],
+    /// The scores, or the member features to score.
+    pub scores: SetScores<'a>,
     pub members: usize,
     pub dim: usize,
     /// The MAP image of every sample, for the contact sheet.
     pub thumbs: &'a [Thumb],
+}
+
+/// Where a set's scores come from.
+pub(crate) enum SetScores<'a> {
+    /// Member features `[n, members, dim]` (member 0 the MAP model), scored by the report's
+    /// estimator.
+    Features(&'a [f32]),
+    /// Scores already computed (per batch, where the features were), with the features when
+    /// they were kept.
+    Computed {
+        scores: &'a [f64],
+        features: Option<&'a [f32]>,
+    },
 }
 
 /// What to write besides the score table.
@@ -42,7 +55,7 @@ pub(crate) struct ReportOptions<'a> {
     /// the score table and copy their images from `images/` to `keep/`.
     pub keep: Option<usize>,
     pub keep_policy: KeepPolicy,
-    /// Also write the features as `features.npy` `[n, members, dim]`.
+    /// Also write the features as `features.npy` `[n, members, dim]` (when the set has them).
     pub save_features: bool,
     /// A sample with a feature or score that is not finite is marked invalid (`nan` score,
     /// ranked last, never kept) instead of failing the report.
@@ -98,21 +111,53 @@ impl Report {
 /// set and features when asked, into `dir`.
 pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) -> Result<Report> {
     let n = set.indices.len();
+    let (scores_v, features) = match set.scores {
+        SetScores::Features(features) => (score_features(set, features, opts)?, Some(features)),
+        SetScores::Computed { scores, features } => {
+            if scores.len() != n {
+                return Err(crate::error::Error::arg(format!(
+                    "{} scores for {n} samples",
+                    scores.len()
+                )));
+            }
+            let mut v = scores.to_vec();
+            for u in &mut v {
+                if !u.is_finite() {
+                    *u = f64::NAN;
+                }
+            }
+            (v, features)
+        }
+    };
+    if !opts.mark_non_finite {
+        if let Some(i) = scores_v.iter().position(|u| !u.is_finite()) {
+            return Err(crate::error::Error::arg(format!(
+                "the score of sample {} is not finite ({}); pass --on-non-finite mark to mark such samples invalid",
+                set.indices[i], scores_v[i]
+            )));
+        }
+    }
+    write_scored(dir, set, opts, scores_v, features)
+}
+
+/// The estimator's scores of member features; with `mark_non_finite` a sample with a feature
+/// or score that is not finite gets NaN, otherwise that is an error.
+fn score_features(set: &ScoredSet, features: &[f32], opts: &ReportOptions) -> Result<Vec<f64>> {
+    let n = set.indices.len();
     let per = set.members * set.dim;
     let scores_v = if opts.mark_non_finite {
         // Score the finite samples (the others' features zeroed), then mark the rest.
-        let bad: Vec<bool> = set
-            .features
+        let bad: Vec<bool> = features
             .chunks_exact(per.max(1))
             .map(|f| f.iter().any(|v| !v.is_finite()))
             .collect();
-        let mut features = set.features.to_vec();
-        for (f, &b) in features.chunks_exact_mut(per.max(1)).zip(&bad) {
+        let mut zeroed = features.to_vec();
+        for (f, &b) in zeroed.chunks_exact_mut(per.max(1)).zip(&bad) {
             if b {
                 f.fill(0.0);
             }
         }
-        let mut v = opts.estimator.score(&features, n, set.members, set.dim)?;
+        let mut v = opts.estimator.score(&zeroed, n, set.members, set.dim)?;
         for (u, &b) in v.iter_mut().zip(&bad) {
             if b || !u.is_finite() {
                 *u = f64::NAN;
@@ -120,17 +165,21 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
         }
         v
     } else {
-        let v = opts
-            .estimator
-            .score(set.features, n, set.members, set.dim)?;
-        if let Some(i) = v.iter().position(|u| !u.is_finite()) {
-            return Err(crate::error::Error::arg(format!(
-                "the score of sample {} is not finite ({}); pass --on-non-finite mark to mark such samples invalid",
-                set.indices[i], v[i]
-            )));
-        }
-        v
+        opts.estimator.score(features, n, set.members, set.dim)?
     };
+    Ok(scores_v)
+}
+
+/// The score table, contact sheet, kept set and (when asked and present) features of a scored
+/// set.
+fn write_scored(
+    dir: &RunDir,
+    set: &ScoredSet,
+    opts: &ReportOptions,
+    scores_v: Vec<f64>,
+    features: Option<&[f32]>,
+) -> Result<Report> {
+    let n = set.indices.len();
     let invalid: Vec<usize> = scores_v
         .iter()
         .zip(set.indices)
@@ -189,11 +238,11 @@ pub(crate) fn write_report(dir: &RunDir, set: &ScoredSet, opts: &ReportOptions) 
             )?;
         }
     }
-    if opts.save_features {
+    if let (true, Some(features)) = (opts.save_features, features) {
         npy::write_f32(
             &dir.join("features.npy"),
             &[n, set.members, set.dim],
-            set.features,
+            features,
         )?;
     }
     Ok(Report {

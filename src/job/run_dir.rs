@@ -183,7 +183,14 @@ impl RunDir {
         self.part.join("chunks").join(format!("{start:06}.npy"))
     }
 
-    /// Member features of the batch starting at sample `start`.
+    /// Scores (`[n]`, f32) of the batch starting at sample `start`.
+    pub fn score_chunk(&self, start: usize) -> PathBuf {
+        self.part
+            .join("chunks")
+            .join(format!("{start:06}.scores.npy"))
+    }
+
+    /// Member features of the batch starting at sample `start` (kept with `--save-members`).
     pub fn feature_chunk(&self, start: usize) -> PathBuf {
         self.part
             .join("chunks")

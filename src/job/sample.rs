@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::batches::{read_features, read_map_samples, BatchLoop};
+use super::batches::{read_features, read_map_samples, read_scores, BatchLoop};
 use super::inputs::{SampleInputs, UncertaintyInputs};
 use super::plan::{plan_pass, BatchPlan, Shard};
-use super::report::{write_report, write_summary, ReportOptions, ScoredSet, Thumb};
+use super::report::{write_report, write_summary, ReportOptions, ScoredSet, SetScores, Thumb};
 use super::run_dir::RunDir;
 use super::{JobReport, Progress};
 use crate::backend::Backend;
@@ -310,14 +310,20 @@ impl SampleJob {
             (Some(u), Some(uq)) => {
                 let mut summary = self.uncertainty_inputs_summary(u, uq, k, feature_seconds)?;
                 if self.shard.is_some() {
-                    // A shard's scores need the whole run: merge scores the features.
-                    let d = uq.extractor.dim();
-                    let features = read_features(&dir, plan, k, d)?;
-                    npy::write_f32(
-                        &dir.join("features.npy"),
-                        &[plan.samples(), k, d],
-                        &features,
-                    )?;
+                    // A shard's ranks and kept set need the whole run: merge reports from the
+                    // shards' scores (and features, when they were kept).
+                    let scores: Vec<f32> =
+                        read_scores(&dir, plan)?.iter().map(|&v| v as f32).collect();
+                    npy::write_f32(&dir.join("scores.npy"), &[plan.samples()], &scores)?;
+                    if u.save_members {
+                        let d = uq.extractor.dim();
+                        let features = read_features(&dir, plan, k, d)?;
+                        npy::write_f32(
+                            &dir.join("features.npy"),
+                            &[plan.samples(), k, d],
+                            &features,
+                        )?;
+                    }
                     summary.insert("estimator".into(), Value::Object(u.estimator.meta()));
                 } else {
                     let scored = ScoredRun {
@@ -404,6 +410,7 @@ impl SampleJob {
             "sigma_noise": post.sigma_noise(),
             "extractor": u.extractor.display().to_string(),
             "extractor_fingerprint": uq.extractor.fingerprint(),
+            "feature_dim": uq.extractor.dim(),
             "seconds_features": feature_seconds,
             "draw_seed": u.draw_seed.unwrap_or(self.seed),
             "uq_schedule": u.schedule.name(),
@@ -426,13 +433,21 @@ impl SampleJob {
         let cfg = &run.inputs.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
         let d = uq.extractor.dim();
-        let features = read_features(dir, run.plan, k, d)?;
+        let scores = read_scores(dir, run.plan)?;
+        let features = if u.save_members {
+            Some(read_features(dir, run.plan, k, d)?)
+        } else {
+            None
+        };
         let classes = run.inputs.class_labels();
         let set = ScoredSet {
             indices: &(0..self.num).collect::<Vec<_>>(),
             seed: self.seed,
             classes: classes.as_deref(),
-            features: &features,
+            scores: SetScores::Computed {
+                scores: &scores,
+                features: features.as_deref(),
+            },
             members: k,
             dim: d,
             thumbs: &thumbnails(run.map_samples, c, s),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::report::{write_report, ReportOptions, ScoredSet};
+use super::report::{write_report, ReportOptions, ScoredSet, SetScores};
 use super::run_dir::RunDir;
 use super::JobReport;
 use crate::backend::Backend;
@@ -63,7 +63,7 @@ impl ScoreJob {
             indices: &set.indices,
             seed: self.seed,
             classes: None,
-            features: &features,
+            scores: SetScores::Features(&features),
             members: k,
             dim: d,
             thumbs: &thumbs,

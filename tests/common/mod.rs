@@ -100,3 +100,20 @@ pub fn random_image_folder(root: &std::path::Path, n: usize, size: u32, seed: u6
     }
     dir
 }
+
+/// `uqengine fit --model model --data data --out post --device cpu` (default Hessian and batch),
+/// failing the test with the command's output if it fails.
+pub fn fit_on_cpu(model: &std::path::Path, data: &std::path::Path, post: &std::path::Path) {
+    let (ok, log) = uqengine_cli(&[
+        "fit",
+        "--model",
+        arg(model),
+        "--data",
+        arg(data),
+        "--out",
+        arg(post),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "fit: {log}");
+}
