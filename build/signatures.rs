@@ -13,6 +13,8 @@ pub enum Elem {
     I32,
     U32,
     I64,
+    /// `double`, by pointer only.
+    F64,
 }
 
 impl Elem {
@@ -25,6 +27,7 @@ impl Elem {
             "int" => Elem::I32,
             "unsigned" | "unsigned int" => Elem::U32,
             "long long" | "long long int" => Elem::I64,
+            "double" => Elem::F64,
             _ => return None,
         })
     }
@@ -38,6 +41,7 @@ impl Elem {
             Elem::I32 => "i32",
             Elem::U32 => "u32",
             Elem::I64 => "i64",
+            Elem::F64 => "f64",
         }
     }
 
@@ -48,7 +52,9 @@ impl Elem {
             Elem::I32 => "I32",
             Elem::U32 => "U32",
             Elem::I64 => "I64",
-            Elem::Bf16 | Elem::F16 => unreachable!("half scalars are not kernel parameters"),
+            Elem::Bf16 | Elem::F16 | Elem::F64 => {
+                unreachable!("half and double scalars are not kernel parameters")
+            }
         }
     }
 }
@@ -196,6 +202,9 @@ pub fn parse_param(p: &str) -> Result<Param, String> {
         Elem::parse(&base).ok_or_else(|| format!("parameter `{p}`: unsupported type `{base}`"))?;
     if !pointer && matches!(elem, Elem::Bf16 | Elem::F16) {
         return Err(format!("parameter `{p}`: pass half types by pointer"));
+    }
+    if !pointer && elem == Elem::F64 {
+        return Err(format!("parameter `{p}`: pass doubles by pointer"));
     }
     let c_type = format!(
         "{}{}{}",

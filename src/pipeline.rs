@@ -136,7 +136,14 @@ impl<'a> Generator<'a> {
     ///
     /// Until the schedule splits the members, the state holds one row per sample (the MAP
     /// trajectory); at the split every row is repeated `K` times.
-    pub fn run(&self, input: &BatchInput, mut on_step: impl FnMut(usize)) -> Result<Vec<f32>> {
+    pub fn run(&self, input: &BatchInput, on_step: impl FnMut(usize)) -> Result<Vec<f32>> {
+        let x = self.run_state(input, on_step)?;
+        self.backend.state_to_host(&x)
+    }
+
+    /// [`Generator::run`] leaving the final samples where they were computed: a state tensor
+    /// `[B*K, s, s, c]` on the backend.
+    pub fn run_state(&self, input: &BatchInput, mut on_step: impl FnMut(usize)) -> Result<Tensor> {
         let be = self.backend;
         let cfg = &self.unet.config;
         let (c, s) = (cfg.in_channels, cfg.sample_size);
@@ -203,7 +210,7 @@ impl<'a> Generator<'a> {
         if !split && k > 1 {
             x = be.repeat_rows(&x, k)?;
         }
-        be.state_to_host(&x)
+        Ok(x)
     }
 
     /// The model output at timestep `t` for the state rows `x` with their class rows, through

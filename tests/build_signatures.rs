@@ -103,11 +103,12 @@ fn rust_spellings_of_the_element_types() {
         Elem::I32,
         Elem::U32,
         Elem::I64,
+        Elem::F64,
     ]
     .iter()
     .map(|e| e.rust())
     .collect();
-    assert_eq!(rust, ["f32", "Bf16", "F16", "i32", "u32", "i64"]);
+    assert_eq!(rust, ["f32", "Bf16", "F16", "i32", "u32", "i64", "f64"]);
     let args: Vec<&str> = [Elem::F32, Elem::I32, Elem::U32, Elem::I64]
         .iter()
         .map(|e| e.arg())
@@ -115,13 +116,15 @@ fn rust_spellings_of_the_element_types() {
     assert_eq!(args, ["F32", "I32", "U32", "I64"]);
     assert_eq!(Elem::parse("nv_bfloat16"), Some(Elem::Bf16));
     assert_eq!(Elem::parse("half"), Some(Elem::F16));
+    assert_eq!(Elem::parse("double"), Some(Elem::F64));
     assert_eq!(Elem::parse("long"), None);
 }
 
 #[test]
 fn unsupported_parameters_are_rejected_with_the_reason() {
     let e = param_error("double scale");
-    assert_eq!(e, "parameter `double scale`: unsupported type `double`");
+    assert_eq!(e, "parameter `double scale`: pass doubles by pointer");
+    assert!(param_error("long double* w").contains("unsupported type `long double`"));
     let e = param_error("const size_t* __restrict__ idx");
     assert_eq!(
         e,
@@ -154,7 +157,7 @@ fn kernel_errors_name_the_kernel() {
     let e = parse_kernels("extern \"C\" __global__ void bad(float* y, double s) {}").unwrap_err();
     assert_eq!(
         e,
-        "kernel `bad`: parameter `double s`: unsupported type `double`"
+        "kernel `bad`: parameter `double s`: pass doubles by pointer"
     );
     let e = parse_kernels("extern \"C\" __global__ void twice(int a, float* a) {}").unwrap_err();
     assert_eq!(e, "kernel `twice`: parameter `a` named twice");

@@ -641,3 +641,124 @@ fn avg_pool2x_matches_window_means() {
         }
     }
 }
+
+/// The extractor's preprocessing on the device (`kernels/pixels.cu`) equals the host's
+/// definition (`PixelPlan::host_pixels`, itself bit-identical to `CLIPImageProcessor`) rounded to
+/// the device's bf16 input, value for value: 8-bit and float images, up- and downscaling with
+/// every PIL filter, a resize of one axis only, no resize, crops smaller and larger than the
+/// image (zero padding), one channel to RGB or kept, rescale and normalise on or off, and
+/// samples outside [-1, 1] and NaN.
+#[test]
+fn extractor_preprocessing_on_the_device_equals_the_host_definition() {
+    use uqengine::image::Resample;
+    use uqengine::models::clip_preprocess::{ClipPreprocess, ResizeTarget};
+    let base = ClipPreprocess::default();
+    let exact = |height, width| ResizeTarget::Exact { height, width };
+    let shortest = |shortest| ResizeTarget::ShortestEdge {
+        shortest,
+        longest: None,
+    };
+    let cases: Vec<(&str, ClipPreprocess)> = vec![
+        ("default 224", base.clone()),
+        (
+            "downscale lanczos, crop inside",
+            ClipPreprocess {
+                size: shortest(5),
+                resample: Resample::Lanczos,
+                crop_size: (4, 3),
+                ..base.clone()
+            },
+        ),
+        (
+            "exact bilinear, crop larger than the image",
+            ClipPreprocess {
+                size: exact(6, 13),
+                resample: Resample::Bilinear,
+                crop_size: (9, 10),
+                ..base.clone()
+            },
+        ),
+        (
+            "one axis only, box, no crop, no rescale",
+            ClipPreprocess {
+                size: exact(11, 17),
+                resample: Resample::Box,
+                do_center_crop: false,
+                do_rescale: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "hamming upscale, gray kept, no normalise",
+            ClipPreprocess {
+                size: shortest(23),
+                resample: Resample::Hamming,
+                crop_size: (21, 22),
+                do_convert_rgb: false,
+                do_normalize: false,
+                image_mean: vec![0.5],
+                image_std: vec![0.25],
+                ..base.clone()
+            },
+        ),
+        (
+            "no resize, single mean and std",
+            ClipPreprocess {
+                do_resize: false,
+                crop_size: (8, 6),
+                image_mean: vec![0.3],
+                image_std: vec![0.7],
+                ..base.clone()
+            },
+        ),
+    ];
+    for dev in devices() {
+        for (name, pre) in &cases {
+            for (s, c) in [(17usize, 1usize), (11, 3)] {
+                if !pre.do_convert_rgb && c == 3 {
+                    continue;
+                }
+                let n = 3;
+                let mut x = values(n * s * s * c, (s * 31 + c) as u64, 1.3);
+                x[5] = f32::NAN;
+                for quantize in [true, false] {
+                    let what = format!("{name}, {s}x{s}x{c}, quantize {quantize}");
+                    let plan = pre.pixel_plan(s, s, c, quantize).unwrap();
+                    let want = plan.host_pixels(&x, n).unwrap();
+                    let want: Vec<f32> = want
+                        .host_data()
+                        .unwrap()
+                        .iter()
+                        .map(|&v| half::bf16::from_f32(v).to_f32())
+                        .collect();
+                    let dplan = dev.prepare_pixels(plan.clone()).unwrap();
+                    let state = dev.state_from_host(&[n, s, s, c], &x).unwrap();
+                    let got = dev.extractor_pixels(&state, &dplan).unwrap();
+                    assert_eq!(got.shape(), plan.output_shape(n), "{what}");
+                    let got = dev.download(&got).unwrap();
+                    let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+                    if let Some(i) = (0..want.len()).find(|&i| !same(got[i], want[i])) {
+                        panic!(
+                            "{what} on {}: element {i} is {} on the device, {} on the host",
+                            dev.name(),
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+        // A plan made for other samples, or not prepared on the device, is an error.
+        let plan = base.pixel_plan(8, 8, 1, true).unwrap();
+        let state = dev.state_from_host(&[1, 8, 8, 1], &[0.0; 64]).unwrap();
+        assert!(dev.extractor_pixels(&state, &plan).is_err());
+        let other = dev
+            .prepare_pixels(base.pixel_plan(9, 9, 1, true).unwrap())
+            .unwrap();
+        let e = dev
+            .extractor_pixels(&state, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("8x8x1") && e.contains("9x9x1"), "{e}");
+    }
+}

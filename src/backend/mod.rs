@@ -11,6 +11,7 @@ pub mod state;
 pub use state::{StepNoise, Transfers};
 
 use crate::error::{Error, Result};
+use crate::models::clip_preprocess::PixelPlan;
 use crate::rng::Purpose;
 use crate::sampler::StepCoefficients;
 use crate::tensor::Tensor;
@@ -306,6 +307,20 @@ pub trait Backend: Send + Sync {
         let f = self.download(freqs)?;
         let v = state::timestep_features(&f, t, rows, flip);
         self.upload(&[rows, 2 * f.len()], &v)
+    }
+
+    /// `plan` with the backend's copy of its tables (uploaded once per run on a device).
+    fn prepare_pixels(&self, plan: PixelPlan) -> Result<PixelPlan> {
+        Ok(plan)
+    }
+    /// The extractor's input `[n, h, w, c]` of the final samples `state` (`[n, s, s, c]`, a
+    /// state tensor), preprocessed by `plan`, on this backend ([`PixelPlan::host_pixels`]; a
+    /// device backend computes it without the samples leaving the device).
+    fn extractor_pixels(&self, state: &Tensor, plan: &PixelPlan) -> Result<Tensor> {
+        let x = self.state_to_host(state)?;
+        let t = plan.host_pixels(&x, state.shape()[0])?;
+        let data = t.host_data().expect("host_pixels returns a host tensor");
+        self.upload(t.shape(), data)
     }
 
     /// The Gaussian entropy ([`crate::uncertainty::gaussian_entropy`]) of every sample's `k`

@@ -4,7 +4,7 @@
 
 mod resample;
 
-pub use resample::{resize_f32, resize_u8, Resample};
+pub use resample::{resize_f32, resize_taps, resize_u8, PassTaps, Resample, ResizeTaps};
 
 use crate::error::{Error, Result};
 
@@ -35,17 +35,20 @@ impl<'a, T> HwcImage<'a, T> {
     }
 }
 
-/// transformers' `center_crop` of `img` to `height x width`: offsets `(size - crop) // 2`; an
-/// image smaller than the crop is first padded with zeros (`ceil` of half the difference on
-/// top/left). Returns the cropped image (row-major HWC, the input's channels), its height and
-/// its width.
-pub fn center_crop<T: Copy + Default>(
-    img: &HwcImage<T>,
-    height: usize,
-    width: usize,
-) -> (Vec<T>, usize, usize) {
-    let (x, h, w, c) = (img.data, img.height, img.width, img.channels);
-    let (ch, cw) = (height, width);
+/// Where [`center_crop`] reads: the window starts at `(y0, x0)` of the image padded with
+/// `top_pad` rows and `left_pad` columns of zeros, and is `height x width`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropWindow {
+    pub y0: usize,
+    pub x0: usize,
+    pub height: usize,
+    pub width: usize,
+    pub top_pad: usize,
+    pub left_pad: usize,
+}
+
+/// The [`CropWindow`] of center-cropping an `h x w` image to `ch x cw`.
+pub fn crop_window(h: usize, w: usize, ch: usize, cw: usize) -> CropWindow {
     let (ph, pw) = (ch.max(h), cw.max(w));
     let (top_pad, left_pad) = ((ph - h).div_ceil(2), (pw - w).div_ceil(2));
     // Crop window in the padded image.
@@ -56,7 +59,34 @@ pub fn center_crop<T: Copy + Default>(
         ((top + ch as isize) as usize).min(ph),
         ((left + cw as isize) as usize).min(pw),
     );
-    let (oh, ow) = (y1 - y0, x1 - x0);
+    CropWindow {
+        y0,
+        x0,
+        height: y1 - y0,
+        width: x1 - x0,
+        top_pad,
+        left_pad,
+    }
+}
+
+/// transformers' `center_crop` of `img` to `height x width`: offsets `(size - crop) // 2`; an
+/// image smaller than the crop is first padded with zeros (`ceil` of half the difference on
+/// top/left). Returns the cropped image (row-major HWC, the input's channels), its height and
+/// its width.
+pub fn center_crop<T: Copy + Default>(
+    img: &HwcImage<T>,
+    height: usize,
+    width: usize,
+) -> (Vec<T>, usize, usize) {
+    let (x, h, w, c) = (img.data, img.height, img.width, img.channels);
+    let CropWindow {
+        y0,
+        x0,
+        height: oh,
+        width: ow,
+        top_pad,
+        left_pad,
+    } = crop_window(h, w, height, width);
     let mut out = vec![T::default(); oh * ow * c];
     for oy in 0..oh {
         let py = oy + y0;

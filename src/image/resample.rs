@@ -199,6 +199,49 @@ fn plan(h: usize, w: usize, oh: usize, ow: usize, filter: Resample) -> Plan {
     }
 }
 
+/// One pass of a resize as tables a kernel reads: per output pixel `(first input index, taps)`
+/// in `bounds`, and `ksize` weights per output pixel, normalised f64 (float images) and in PIL's
+/// 22-bit fixed point (8-bit images).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassTaps {
+    pub ksize: usize,
+    pub bounds: Vec<(usize, usize)>,
+    pub weights: Vec<f64>,
+    pub fixed: Vec<i32>,
+}
+
+impl PassTaps {
+    fn of(c: Coeffs) -> Self {
+        let fixed = fixed_point(&c.weights).iter().map(|&v| v as i32).collect();
+        PassTaps {
+            ksize: c.ksize,
+            bounds: c.bounds,
+            weights: c.weights,
+            fixed,
+        }
+    }
+}
+
+/// The passes [`resize_u8`] and [`resize_f32`] run for `h x w -> oh x ow`: the horizontal pass
+/// (over input rows `rows.0 .. rows.1`, the ones the vertical pass reads) and the vertical pass,
+/// each `None` where that size is unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResizeTaps {
+    pub horiz: Option<PassTaps>,
+    pub vert: Option<PassTaps>,
+    pub rows: (usize, usize),
+}
+
+/// The [`ResizeTaps`] of resizing an `h x w` image to `oh x ow` (all positive) with `filter`.
+pub fn resize_taps(h: usize, w: usize, oh: usize, ow: usize, filter: Resample) -> ResizeTaps {
+    let p = plan(h, w, oh, ow, filter);
+    ResizeTaps {
+        horiz: p.need_h.then(|| PassTaps::of(p.horiz)),
+        rows: if p.need_h { p.rows } else { (0, h) },
+        vert: p.need_v.then(|| PassTaps::of(p.vert)),
+    }
+}
+
 /// PIL `Image.resize((width, height), filter)` of an 8-bit image (bit-exact): the resized
 /// image, row-major HWC with the input's channels. `height` and `width` must be positive.
 pub fn resize_u8(img: &HwcImage<u8>, height: usize, width: usize, filter: Resample) -> Vec<u8> {

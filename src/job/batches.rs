@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::features::member_features;
 use super::inputs::SampleInputs;
 use super::plan::{passes, BatchPlan};
 use super::run_dir::{io, RunDir};
@@ -19,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::fs::write_atomic;
 use crate::io::{images_out, members, npy};
 use crate::layout::nhwc_to_nchw;
+use crate::models::clip_preprocess::PixelPlan;
 use crate::pipeline::{BatchInput, Generator};
 
 /// One run's batch loop.
@@ -32,6 +32,9 @@ pub(crate) struct BatchLoop<'a> {
     pub dir: &'a RunDir,
     /// Mark samples that are not finite invalid instead of failing the run.
     pub mark_non_finite: bool,
+    /// With uncertainty: how final samples become the extractor's input, prepared once per run
+    /// on the extractor's backend.
+    pub pixels: Option<PixelPlan>,
 }
 
 impl BatchLoop<'_> {
@@ -112,13 +115,32 @@ impl BatchLoop<'_> {
             },
             indices: r.collect(),
         };
+        // Per pass: the final samples come back for the files; with uncertainty the extractor
+        // embeds them where they are and the scores are reduced there.
+        let scoring = match (self.uncertainty, &self.inputs.uncertainty, &self.pixels) {
+            (Some(u), Some(uq), Some(plan)) => Some((u, uq, plan)),
+            _ => None,
+        };
         let mut x = Vec::with_capacity(n * k * per);
+        let mut scores: Vec<f64> = Vec::with_capacity(n);
+        let mut features: Vec<f32> = Vec::new();
+        let mut feature_seconds = 0.0;
         for p in passes(range.clone(), self.pass) {
             let samples = p.len() as u64;
-            x.extend(
-                self.generator
-                    .run(&input(p), |_| progress(Progress::Advance(samples)))?,
-            );
+            let state = self
+                .generator
+                .run_state(&input(p), |_| progress(Progress::Advance(samples)))?;
+            x.extend(self.generator.backend.state_to_host(&state)?);
+            if let Some((u, uq, plan)) = scoring {
+                let t0 = Instant::now();
+                let f = uq.extractor.embed_state(&state, plan)?;
+                let be = uq.extractor.backend().as_ref();
+                scores.extend(u.estimator.score_on(be, &f, k)?);
+                if u.save_members {
+                    features.extend(be.download(&f)?);
+                }
+                feature_seconds += t0.elapsed().as_secs_f64();
+            }
         }
         // Samples with a member that is not finite: an error naming the first, or (marking)
         // each is reported and its features are made NaN, which the report marks invalid.
@@ -161,22 +183,16 @@ impl BatchLoop<'_> {
             )?;
             written.push(name);
         }
-        let mut feature_seconds = 0.0;
-        if let (Some(u), Some(uq)) = (self.uncertainty, &self.inputs.uncertainty) {
-            let t0 = Instant::now();
-            let f = member_features(&uq.extractor, &x, n * k, s, c, u.quantize)?;
-            let be = uq.extractor.backend().as_ref();
-            let mut scores = u.estimator.score_on(be, &f, k)?;
+        if let Some((u, uq, _)) = scoring {
             for &j in &invalid {
                 scores[j] = f64::NAN;
             }
-            feature_seconds = t0.elapsed().as_secs_f64();
             let scores: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
             npy::write_f32(&self.dir.score_chunk(range.start), &[n], &scores)?;
             written.push(self.dir.relative(&self.dir.score_chunk(range.start)));
             if u.save_members {
                 let d = uq.extractor.dim();
-                let mut f = be.download(&f)?;
+                let mut f = features;
                 for &j in &invalid {
                     f[j * k * d..(j + 1) * k * d].fill(f32::NAN);
                 }

@@ -258,6 +258,16 @@ impl SampleJob {
         };
         let k = generator.k();
         let plan = self.plan();
+        let pixels = match (&self.uncertainty, &inputs.uncertainty) {
+            (Some(u), Some(uq)) => {
+                let cfg = &inputs.unet.config;
+                Some(
+                    uq.extractor
+                        .pixel_plan(cfg.sample_size, cfg.in_channels, u.quantize)?,
+                )
+            }
+            _ => None,
+        };
         let batches = BatchLoop {
             generator: &generator,
             inputs: &inputs,
@@ -266,6 +276,7 @@ impl SampleJob {
             pass,
             dir: &dir,
             mark_non_finite: self.on_non_finite == NonFinite::Mark,
+            pixels,
         };
         let finished = batches.finished(progress);
         let done: usize = plan

@@ -23,7 +23,7 @@ use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
 use crate::config::{invalid, JsonConfig, Positive};
 use crate::error::{Error, Result};
 use crate::image::HwcImage;
-use crate::models::clip_preprocess::ClipPreprocess;
+use crate::models::clip_preprocess::{ClipPreprocess, PixelPlan};
 use crate::models::layers;
 use crate::models::weights::Weights;
 use crate::tensor::Tensor;
@@ -369,6 +369,20 @@ impl ClipVision {
         let x = b.layer_norm(&x, &self.post_ln)?.reshape(vec![n, seq, 1, d]);
         let y = b.conv2d(&x, &self.projection, None)?;
         Ok(y.reshape(vec![n, c.projection_dim]))
+    }
+
+    /// The run's plan for turning final samples of `size x size x channels` into this
+    /// extractor's input (8-bit quantised first when `quantize`), prepared on its backend.
+    pub fn pixel_plan(&self, size: usize, channels: usize, quantize: bool) -> Result<PixelPlan> {
+        let plan = self.preprocess.pixel_plan(size, size, channels, quantize)?;
+        self.backend.prepare_pixels(plan)
+    }
+
+    /// Embeddings `[n, projection_dim]` of final samples `state` (a state tensor on this
+    /// extractor's backend, `[n, s, s, c]` in model space), preprocessed by `plan` where they
+    /// are.
+    pub fn embed_state(&self, state: &Tensor, plan: &PixelPlan) -> Result<Tensor> {
+        self.embed(&self.backend.extractor_pixels(state, plan)?)
     }
 
     /// Features `[n * projection_dim]` (on the host) of decoded 8-bit images given as

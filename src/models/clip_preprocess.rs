@@ -21,7 +21,11 @@ use serde_json::{Map, Value};
 
 use crate::config::{ConfigValue, JsonConfig, Positive};
 use crate::error::{Error, Result};
-use crate::image::{center_crop, resize_f32, resize_u8, HwcImage, Resample};
+use crate::image::{
+    center_crop, crop_window, resize_f32, resize_taps, resize_u8, CropWindow, HwcImage, Resample,
+    ResizeTaps,
+};
+use crate::io::images_out;
 use crate::tensor::Tensor;
 
 /// CLIP's normalisation constants (openai/clip-vit-*), as transformers writes them; stored as
@@ -137,6 +141,98 @@ fn shortest_edge(c: &JsonConfig, o: &Map<String, Value>) -> Result<ResizeTarget>
             .present::<Positive<usize>>("longest_edge")?
             .map(|l| l.0),
     })
+}
+
+/// How a batch of final samples (NHWC f32 in model space, [-1, 1]) becomes the extractor's
+/// input, made once per run by [`ClipPreprocess::pixel_plan`]: the steps of
+/// [`ClipPreprocess::process_u8`] (8-bit images, as PNG files store the samples) or
+/// [`ClipPreprocess::process_f32`] (float images) as tables and numbers a device kernel reads.
+/// [`PixelPlan::host_pixels`] is the definition; a device backend may keep its copy of the
+/// tables in `device` ([`crate::backend::Backend::prepare_pixels`]).
+#[derive(Clone)]
+pub struct PixelPlan {
+    pub preprocess: ClipPreprocess,
+    /// Sample height, width and channels.
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// 8-bit quantisation first (else float images in [0, 1]).
+    pub quantize: bool,
+    /// Size after resizing, and the resampling passes (`None` without resizing).
+    pub resized: (usize, usize),
+    pub taps: Option<ResizeTaps>,
+    /// The crop of the resized image (the whole image without center crop).
+    pub crop: CropWindow,
+    pub out_channels: usize,
+    /// `v * scale` (in f64) before normalising, if any.
+    pub scale: Option<f64>,
+    /// Mean and std per output channel when normalising (empty otherwise).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// A device backend's copy of the tables.
+    pub device: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PixelPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PixelPlan({}x{}x{} -> {:?}, quantize {})",
+            self.height,
+            self.width,
+            self.channels,
+            (self.crop.height, self.crop.width, self.out_channels),
+            self.quantize
+        )
+    }
+}
+
+impl PixelPlan {
+    /// Shape `[n, h, w, c]` of the extractor input of `n` samples.
+    pub fn output_shape(&self, n: usize) -> [usize; 4] {
+        [n, self.crop.height, self.crop.width, self.out_channels]
+    }
+
+    /// The extractor input `[n, h, w, c]` (host tensor) of `n` final samples `x` (NHWC) on the
+    /// host: each sample quantised as [`images_out::to_u8`] and preprocessed by
+    /// [`ClipPreprocess::process_u8`], or mapped to `clamp(x / 2 + 0.5, 0, 1)` and preprocessed
+    /// by [`ClipPreprocess::process_f32`]. A NaN value becomes 0 either way (such a sample is
+    /// marked invalid or stops the run).
+    pub fn host_pixels(&self, x: &[f32], n: usize) -> Result<Tensor> {
+        let (s_h, s_w, c) = (self.height, self.width, self.channels);
+        let per = s_h * s_w * c;
+        if x.len() != n * per {
+            return Err(Error::arg(format!(
+                "{} sample values for {n} samples of {s_h}x{s_w}x{c}",
+                x.len()
+            )));
+        }
+        if self.quantize {
+            let bytes: Vec<Vec<u8>> = x.chunks_exact(per).map(images_out::to_u8).collect();
+            let imgs = bytes
+                .iter()
+                .map(|b| HwcImage::new(s_h, s_w, c, b))
+                .collect::<Result<Vec<_>>>()?;
+            self.preprocess.batch_u8(&imgs)
+        } else {
+            let floats: Vec<Vec<f32>> = x
+                .chunks_exact(per)
+                .map(|v| {
+                    v.iter()
+                        .map(|v| match (v / 2.0 + 0.5).clamp(0.0, 1.0) {
+                            y if y.is_nan() => 0.0,
+                            y => y,
+                        })
+                        .collect()
+                })
+                .collect();
+            let imgs = floats
+                .iter()
+                .map(|b| HwcImage::new(s_h, s_w, c, b))
+                .collect::<Result<Vec<_>>>()?;
+            self.preprocess.batch_f32(&imgs)
+        }
+    }
 }
 
 impl ClipPreprocess {
@@ -448,6 +544,64 @@ impl ClipPreprocess {
             out.push(y);
         }
         out
+    }
+
+    /// The [`PixelPlan`] of final samples of `height x width x channels` (1 or 3 channels),
+    /// 8-bit quantised first when `quantize`.
+    pub fn pixel_plan(
+        &self,
+        height: usize,
+        width: usize,
+        channels: usize,
+        quantize: bool,
+    ) -> Result<PixelPlan> {
+        self.check_channels(channels)?;
+        let (rh, rw) = self.resized_hw(height, width);
+        if height == 0 || width == 0 || rh == 0 || rw == 0 {
+            return Err(Error::arg(format!(
+                "image of {height}x{width} resizes to an empty image"
+            )));
+        }
+        let taps = self
+            .do_resize
+            .then(|| resize_taps(height, width, rh, rw, self.resample));
+        let crop = if self.do_center_crop {
+            crop_window(rh, rw, self.crop_size.0, self.crop_size.1)
+        } else {
+            crop_window(rh, rw, rh, rw)
+        };
+        let scale = match (quantize, self.do_rescale) {
+            (true, true) => Some(self.rescale_factor),
+            (true, false) => None,
+            (false, true) => Some(255.0 * self.rescale_factor),
+            (false, false) => Some(255.0),
+        };
+        let co = self.output_channels(channels);
+        let per_channel = |v: &[f32]| -> Vec<f32> {
+            (0..co)
+                .map(|ch| if v.len() == 1 { v[0] } else { v[ch] })
+                .collect()
+        };
+        let (mean, std) = if self.do_normalize {
+            (per_channel(&self.image_mean), per_channel(&self.image_std))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(PixelPlan {
+            preprocess: self.clone(),
+            height,
+            width,
+            channels,
+            quantize,
+            resized: (rh, rw),
+            taps,
+            crop,
+            out_channels: co,
+            scale,
+            mean,
+            std,
+            device: None,
+        })
     }
 
     /// One-line summary of the settings.

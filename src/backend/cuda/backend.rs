@@ -5,12 +5,15 @@
 
 use std::sync::Arc;
 
+mod pixels;
+
 use super::device::{Bf16, Counted, DevBuf, DevPtr, Device, LaunchCfg};
 use super::kernels;
 use crate::backend::{
     Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers,
 };
 use crate::error::{Error, Result};
+use crate::models::clip_preprocess::PixelPlan;
 use crate::rng::Purpose;
 use crate::sampler::StepCoefficients;
 use crate::tensor::{Storage, Tensor};
@@ -1270,6 +1273,14 @@ impl Backend for CudaBackend {
             }
         }
         out.to_host(self.d())
+    }
+
+    fn prepare_pixels(&self, plan: PixelPlan) -> Result<PixelPlan> {
+        self.prepare_pixel_tables(plan)
+    }
+
+    fn extractor_pixels(&self, state: &Tensor, plan: &PixelPlan) -> Result<Tensor> {
+        self.pixels(state, plan)
     }
 
     fn transfers(&self) -> Option<Transfers> {

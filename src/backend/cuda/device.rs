@@ -17,6 +17,7 @@ pub type F16 = half::f16;
 /// Element types that live in device memory.
 pub trait DeviceElem: bytemuck::Pod + Send + Sync + 'static {}
 impl DeviceElem for f32 {}
+impl DeviceElem for f64 {}
 impl DeviceElem for Bf16 {}
 impl DeviceElem for F16 {}
 impl DeviceElem for i32 {}
