@@ -1,8 +1,10 @@
 //! Single CPU convolutions at the ddpm-cifar10-32 and ADM layer shapes, ms per call and GFLOP/s
 //! (`UQENGINE_CPU_WINOGRAD=0` for the direct convolution).
 //!
-//! `cargo bench --bench cpu_conv [-- adm | gemm]`: `adm` times the ADM-64 / ADM-128 shapes at
-//! batch 1, `gemm` single-thread GEMMs at the Winograd product shapes.
+//! `cargo bench --bench cpu_conv [-- adm | demo | gemm]`: `adm` times the ADM-64 / ADM-128 shapes
+//! at batch 1, `demo` the built-in demo's GroupNorm+SiLU+3x3 convolutions at batch 96 (16 digits
+//! x 6 members) split into the norm, the convolution and the fused op, `gemm` single-thread
+//! GEMMs at the Winograd product shapes.
 
 use std::time::Instant;
 
@@ -14,6 +16,10 @@ fn main() {
     let adm = std::env::args().any(|a| a == "adm");
     if std::env::args().any(|a| a == "gemm") {
         gemm_rate();
+        return;
+    }
+    if std::env::args().any(|a| a == "demo") {
+        demo_norm_conv(&b);
         return;
     }
     // (batch, h = w, cin, cout)
@@ -94,6 +100,67 @@ fn gemm_rate() {
         println!(
             "gemm 1 thread {m}x{k}x{n}: {:.1} GFLOP/s",
             2.0 * (m * k * n) as f64 / dt / 1e9
+        );
+    }
+}
+
+/// The demo UNet's `norm_conv2d` shapes at batch 96: GroupNorm(8)+SiLU alone, the 3x3
+/// convolution alone and the fused op, fastest of 15 calls each (`-- demo`).
+fn demo_norm_conv(b: &CpuBackend) {
+    use uqengine::backend::Backend;
+    // (h = w, cin, cout)
+    let shapes = [
+        (32, 16, 16),
+        (32, 48, 16),
+        (32, 32, 16),
+        (16, 32, 32),
+        (16, 96, 32),
+        (8, 64, 64),
+        (8, 128, 64),
+    ];
+    let n = 96;
+    for (hw, cin, cout) in shapes {
+        let x: Vec<f32> = (0..n * hw * hw * cin)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..cout * cin * 9)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1e4 - 0.05)
+            .collect();
+        let conv = b
+            .prepare_conv(
+                ConvSpec::new(cin, cout, 3, 1, 1),
+                &w,
+                Some(&vec![0.1; cout]),
+            )
+            .unwrap();
+        let g: Vec<f32> = (0..cin).map(|i| 1.0 + i as f32 / cin as f32).collect();
+        let norm = b.prepare_norm(8, 1e-5, &g, &vec![0.05; cin]).unwrap();
+        let xt = b.upload(&[n, hw, hw, cin], &x).unwrap();
+        // The fastest of 15 calls (the machine may be shared).
+        let time = |f: &dyn Fn()| {
+            f();
+            (0..15)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    f();
+                    t0.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let tn = time(&|| {
+            b.group_norm(&xt, &norm, true).unwrap();
+        });
+        let hn = b.group_norm(&xt, &norm, true).unwrap();
+        let tc = time(&|| {
+            b.conv2d(&hn, &conv, None).unwrap();
+        });
+        let tf = time(&|| {
+            b.norm_conv2d(&xt, &norm, true, &conv, None).unwrap();
+        });
+        let fl = 18.0 * (cin * cout * n * hw * hw) as f64;
+        println!(
+            "n{n} {hw}x{hw} {cin}->{cout}: norm {tn:.2} ms, conv {tc:.2} ms, fused {tf:.2} ms = {:.1} GFLOP/s",
+            fl / (tf * 1e-3) / 1e9
         );
     }
 }

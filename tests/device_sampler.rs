@@ -560,7 +560,7 @@ fn device_sampler_step_with_learned_variance_and_clipped_eps() {
                 rows_per_sample: 1,
             }),
         );
-        let e = r.err().expect("learned variance without variance channels");
+        let e = r.expect_err("learned variance without variance channels");
         assert!(e.to_string().contains("learned_range"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! A backend wrapper that times every op (wall clock, per op name) and prints a table on
-//! request: `UQENGINE_PROFILE=1` makes the CLI wrap its backend in it.
+//! request: `UQENGINE_PROFILE=1` makes the CLI wrap its backend in it; `UQENGINE_PROFILE=shapes`
+//! also splits the convolutions by input shape and channels.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use crate::tensor::Tensor;
 pub struct Profiled {
     inner: Arc<dyn Backend>,
     table: Mutex<BTreeMap<String, (u64, f64)>>,
+    shapes: bool,
 }
 
 impl Profiled {
@@ -24,6 +26,16 @@ impl Profiled {
         Profiled {
             inner,
             table: Mutex::new(BTreeMap::new()),
+            shapes: std::env::var("UQENGINE_PROFILE").is_ok_and(|v| v == "shapes"),
+        }
+    }
+
+    /// `name`, or with shapes on `name [n,h,w,c]->cout`.
+    fn conv_key(&self, name: &str, x: &Tensor, cout: usize) -> String {
+        if self.shapes {
+            format!("{name} {:?}->{cout}", x.shape())
+        } else {
+            name.to_string()
         }
     }
 
@@ -45,16 +57,16 @@ impl Profiled {
         let mut rows: Vec<_> = t.iter().collect();
         rows.sort_by(|a, b| b.1 .1.partial_cmp(&a.1 .1).unwrap());
         let mut s = format!(
-            "{:<22} {:>9} {:>10} {:>7}\n",
+            "{:<40} {:>9} {:>10} {:>7}\n",
             "op", "calls", "seconds", "share"
         );
         for (k, (n, sec)) in rows {
             s += &format!(
-                "{k:<22} {n:>9} {sec:>10.3} {:>6.1}%\n",
+                "{k:<40} {n:>9} {sec:>10.3} {:>6.1}%\n",
                 100.0 * sec / total.max(1e-12)
             );
         }
-        s += &format!("{:<22} {:>9} {total:>10.3}\n", "total", "");
+        s += &format!("{:<40} {:>9} {total:>10.3}\n", "total", "");
         s
     }
 }
@@ -92,7 +104,11 @@ impl Backend for Profiled {
     }
     fn conv2d(&self, x: &Tensor, conv: &Conv2d, residual: Option<&Tensor>) -> Result<Tensor> {
         let s = conv.spec;
-        let name = format!("conv{}x{} s{}", s.kernel, s.kernel, s.stride);
+        let name = self.conv_key(
+            &format!("conv{}x{} s{}", s.kernel, s.kernel, s.stride),
+            x,
+            s.cout,
+        );
         self.time(&name, || self.inner.conv2d(x, conv, residual))
     }
     fn norm_conv2d(
@@ -103,7 +119,8 @@ impl Backend for Profiled {
         conv: &Conv2d,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.time("norm_conv2d", || {
+        let name = self.conv_key("norm_conv2d", x, conv.spec.cout);
+        self.time(&name, || {
             self.inner.norm_conv2d(x, norm, silu, conv, residual)
         })
     }
@@ -134,7 +151,8 @@ impl Backend for Profiled {
         act: Activation,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.time("linear", || self.inner.linear(x, lin, act, residual))
+        let name = self.conv_key("linear", x, lin.dout);
+        self.time(&name, || self.inner.linear(x, lin, act, residual))
     }
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         self.time("activation", || self.inner.activation(x, act))

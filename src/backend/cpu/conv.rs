@@ -294,7 +294,7 @@ thread_local! {
 
 /// A buffer of `len` floats, contents arbitrary: the smallest scratch buffer that is large
 /// enough, else the largest one grown.
-fn take_scratch(len: usize) -> Vec<f32> {
+pub(super) fn take_scratch(len: usize) -> Vec<f32> {
     let mut v = SCRATCH
         .with(|p| {
             let mut p = p.borrow_mut();
@@ -310,7 +310,7 @@ fn take_scratch(len: usize) -> Vec<f32> {
 }
 
 /// Give back a buffer of [`take_scratch`].
-fn give_scratch(v: Vec<f32>) {
+pub(super) fn give_scratch(v: Vec<f32>) {
     SCRATCH.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < 8 {
@@ -320,7 +320,7 @@ fn give_scratch(v: Vec<f32>) {
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: the tasks that share one write disjoint elements.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

@@ -1,8 +1,9 @@
 //! Vectorised element-wise kernels of the CPU backend: `exp` by range reduction and a degree-7
 //! polynomial (within 2 ulp of `f32::exp` on the range softmax and SiLU use), the row softmax of
 //! attention, and the GroupNorm apply (+ scale-shift + SiLU). Each kernel is one plain loop
-//! compiled twice, for AVX2 when the CPU has it (chosen at run time) and for the baseline; the
-//! arithmetic is the same in both (no fused multiply-add), so both give the same bits.
+//! compiled for AVX2 (and the GroupNorm apply also for AVX-512) when the CPU has it (chosen at
+//! run time) and for the baseline; the arithmetic is the same in all (no fused multiply-add), so
+//! all give the same bits.
 
 /// `exp(x)` for `x` in `[-87.3, 88.7]` (clamped outside: `exp(-inf)` gives `1.22e-38`, not 0).
 /// `x = n ln2 + r`, `|r| <= ln2/2`, `exp(x) = 2^n * p(r)` with the Taylor polynomial of degree 7.
@@ -136,10 +137,10 @@ pub fn softmax_row(row: &mut [f32], scale: f32) {
     softmax_row_impl(row, scale)
 }
 
-#[cfg(target_arch = "x86_64")]
+/// The GroupNorm apply ([`norm_pixel_impl`]) over consecutive pixels of `c = mean.len()`
+/// channels each (one dispatch for the whole run): `x` and `out` hold whole pixels.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2")]
-unsafe fn norm_pixel_avx2(
+pub fn norm_pixels(
     x: &[f32],
     out: &mut [f32],
     mean: &[f32],
@@ -149,27 +150,74 @@ unsafe fn norm_pixel_avx2(
     ss: Option<&[f32]>,
     apply_silu: bool,
 ) {
-    norm_pixel_impl(x, out, mean, rstd, gamma, beta, ss, apply_silu)
-}
-
-/// One pixel of GroupNorm (+ scale-shift) (+ SiLU); see [`norm_pixel_impl`].
-#[allow(clippy::too_many_arguments)]
-pub fn norm_pixel(
-    x: &[f32],
-    out: &mut [f32],
-    mean: &[f32],
-    rstd: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    ss: Option<&[f32]>,
-    apply_silu: bool,
-) {
+    let c = mean.len();
+    assert!(c > 0 && x.len().is_multiple_of(c) && out.len() == x.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { norm_pixels_avx512(x, out, mean, rstd, gamma, beta, ss, apply_silu) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2.
-        return unsafe { norm_pixel_avx2(x, out, mean, rstd, gamma, beta, ss, apply_silu) };
+        return unsafe { norm_pixels_avx2(x, out, mean, rstd, gamma, beta, ss, apply_silu) };
     }
-    norm_pixel_impl(x, out, mean, rstd, gamma, beta, ss, apply_silu)
+    norm_pixels_impl(x, out, mean, rstd, gamma, beta, ss, apply_silu)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_pixels_avx512(
+    x: &[f32],
+    out: &mut [f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ss: Option<&[f32]>,
+    apply_silu: bool,
+) {
+    norm_pixels_impl(x, out, mean, rstd, gamma, beta, ss, apply_silu)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn norm_pixels_impl(
+    x: &[f32],
+    out: &mut [f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ss: Option<&[f32]>,
+    apply_silu: bool,
+) {
+    let c = mean.len();
+    for (xi, o) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        norm_pixel_impl(xi, o, mean, rstd, gamma, beta, ss, apply_silu);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn norm_pixels_avx2(
+    x: &[f32],
+    out: &mut [f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ss: Option<&[f32]>,
+    apply_silu: bool,
+) {
+    norm_pixels_impl(x, out, mean, rstd, gamma, beta, ss, apply_silu)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod attention;
 mod conv;
+mod direct;
 mod fastmath;
 mod norm;
 
@@ -48,6 +49,9 @@ fn host(x: &Tensor) -> Result<&[f32]> {
     })
 }
 
+/// Pixels per parallel task of the element-wise ops over NHWC data.
+const RUN_PIXELS: usize = 256;
+
 fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if cond {
         Ok(())
@@ -57,6 +61,46 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
             msg: msg(),
         })
     }
+}
+
+/// Whether a convolution is prepared for the direct narrow-layer kernel (3x3, stride 1,
+/// padding 1, few output channels, AVX-512): its weights then stay `[9*cin, cout]`.
+fn uses_direct(spec: &ConvSpec) -> bool {
+    spec.kernel == 3
+        && spec.stride == 1
+        && spec.padding == 1
+        && spec.pad_end == 0
+        && direct::narrow(spec.cout)
+}
+
+/// The bias and the residual of a convolution with output shape `out`, as host slices; a
+/// residual of another shape is an error naming `op`.
+type Addends<'a> = (Option<&'a [f32]>, Option<&'a [f32]>);
+fn conv_addends<'a>(
+    op: &str,
+    conv: &'a Conv2d,
+    residual: Option<&'a Tensor>,
+    out: [usize; 4],
+) -> Result<Addends<'a>> {
+    let res = match residual {
+        Some(r) => {
+            check(r.shape() == out, || {
+                format!("{op}: residual {:?} for output {out:?}", r.shape())
+            })?;
+            Some(host(r)?)
+        }
+        None => None,
+    };
+    let bias = match &conv.bias {
+        Some(b) => Some(host(b)?),
+        None => None,
+    };
+    Ok((bias, res))
+}
+
+/// Whether `conv` runs through the direct kernel on a map of width `w`.
+fn direct_applies(conv: &Conv2d, w: usize) -> bool {
+    uses_direct(&conv.spec) && conv.weight.shape()[0] == 9 * conv.spec.cin && direct::width_ok(w)
 }
 
 impl Backend for CpuBackend {
@@ -81,7 +125,7 @@ impl Backend for CpuBackend {
             format!("conv weights: {} values for {spec:?}", w_oihw.len())
         })?;
         let w = conv::reorder_oihw(&spec, w_oihw);
-        let weight = if conv::uses_winograd(&spec) {
+        let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) {
             let u = conv::winograd_weights(spec.cin, spec.cout, &w);
             Tensor::host(vec![16 * spec.cin, spec.cout], u)
         } else {
@@ -125,24 +169,11 @@ impl Backend for CpuBackend {
             format!("conv2d: input {:?} for {spec:?}", x.shape())
         })?;
         let (ho, wo) = spec.out_hw(h, w);
-        let res = match residual {
-            Some(r) => {
-                check(r.shape() == [n, ho, wo, spec.cout], || {
-                    format!(
-                        "conv2d: residual {:?} for output {:?}",
-                        r.shape(),
-                        [n, ho, wo, spec.cout]
-                    )
-                })?;
-                Some(host(r)?)
-            }
-            None => None,
-        };
-        let bias = match &conv.bias {
-            Some(b) => Some(host(b)?),
-            None => None,
-        };
-        let y = if conv.weight.shape()[0] == 16 * spec.cin && spec.kernel == 3 {
+        let (bias, res) = conv_addends("conv2d", conv, residual, [n, ho, wo, spec.cout])?;
+        let y = if direct_applies(conv, w) {
+            let (wt, x) = (host(&conv.weight)?, host(x)?);
+            direct::conv3x3(spec.cin, spec.cout, x, n, h, w, wt, bias, res, None)
+        } else if conv.weight.shape()[0] == 16 * spec.cin && spec.kernel == 3 {
             // Prepared for Winograd (conv::uses_winograd).
             let u = host(&conv.weight)?;
             conv::conv3x3_winograd_nhwc(spec.cin, spec.cout, host(x)?, n, h, w, u, bias, res)
@@ -150,6 +181,45 @@ impl Backend for CpuBackend {
             conv::conv2d_nhwc(&spec, host(x)?, n, h, w, host(&conv.weight)?, bias, res)
         };
         Ok(Tensor::host(vec![n, ho, wo, spec.cout], y))
+    }
+
+    /// GroupNorm(+SiLU) fused into the direct kernel's input rows for narrow layers; the
+    /// composition otherwise.
+    fn norm_conv2d(
+        &self,
+        x: &Tensor,
+        nm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        if !direct_applies(conv, w) || c != conv.spec.cin {
+            let y = self.group_norm(x, nm, silu)?;
+            return self.conv2d(&y, conv, residual);
+        }
+        check(c == nm.channels && c % nm.groups == 0, || {
+            format!(
+                "norm_conv2d: input {:?} for {} channels in {} groups",
+                x.shape(),
+                nm.channels,
+                nm.groups
+            )
+        })?;
+        let cout = conv.spec.cout;
+        let (bias, res) = conv_addends("norm_conv2d", conv, residual, [n, h, w, cout])?;
+        let xs = host(x)?;
+        let stats = norm::channel_stats(xs, n, h * w, c, nm.groups, nm.eps);
+        let pro = direct::Prologue {
+            stats: &stats,
+            gamma: host(&nm.gamma)?,
+            beta: host(&nm.beta)?,
+            ss: None,
+            silu,
+        };
+        let wt = host(&conv.weight)?;
+        let y = direct::conv3x3(c, cout, xs, n, h, w, wt, bias, res, Some(&pro));
+        Ok(Tensor::host(vec![n, h, w, cout], y))
     }
 
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
@@ -335,12 +405,17 @@ impl Backend for CpuBackend {
         let per = x.numel() / n.max(1);
         let vs = host(v)?;
         let mut y = host(x)?.to_vec();
-        y.par_chunks_mut(c).enumerate().for_each(|(p, row)| {
-            let b = p * c / per;
-            for (o, a) in row.iter_mut().zip(&vs[b * c..(b + 1) * c]) {
-                *o += a;
-            }
-        });
+        // Runs of up to RUN_PIXELS pixels per task (never one task per pixel).
+        y.par_chunks_mut(RUN_PIXELS * c.max(1))
+            .enumerate()
+            .for_each(|(t, run)| {
+                for (j, row) in run.chunks_exact_mut(c.max(1)).enumerate() {
+                    let b = (t * RUN_PIXELS + j) * c / per;
+                    for (o, a) in row.iter_mut().zip(&vs[b * c..(b + 1) * c]) {
+                        *o += a;
+                    }
+                }
+            });
         Ok(Tensor::host(x.shape().to_vec(), y))
     }
 
@@ -425,10 +500,15 @@ impl Backend for CpuBackend {
         let (xa, xb) = (host(a)?, host(b)?);
         let c = ca + cb;
         let mut y = vec![0.0f32; n * h * w * c];
-        y.par_chunks_mut(c).enumerate().for_each(|(p, o)| {
-            o[..ca].copy_from_slice(&xa[p * ca..(p + 1) * ca]);
-            o[ca..].copy_from_slice(&xb[p * cb..(p + 1) * cb]);
-        });
+        y.par_chunks_mut(RUN_PIXELS * c.max(1))
+            .enumerate()
+            .for_each(|(t, run)| {
+                for (j, o) in run.chunks_exact_mut(c.max(1)).enumerate() {
+                    let p = t * RUN_PIXELS + j;
+                    o[..ca].copy_from_slice(&xa[p * ca..(p + 1) * ca]);
+                    o[ca..].copy_from_slice(&xb[p * cb..(p + 1) * cb]);
+                }
+            });
         Ok(Tensor::host(vec![n, h, w, c], y))
     }
 

@@ -23,12 +23,7 @@ pub fn group_norm_stats(
             let xs = &x[b * per..(b + 1) * per];
             let mut s = vec![0.0f64; c];
             let mut ss = vec![0.0f64; c];
-            for px in xs.chunks_exact(c) {
-                for ((a, q), &v) in s.iter_mut().zip(ss.iter_mut()).zip(px) {
-                    *a += v as f64;
-                    *q += (v as f64) * (v as f64);
-                }
-            }
+            channel_sums(xs, &mut s, &mut ss);
             let cnt = (hw * cg) as f64;
             (0..groups)
                 .map(|g| {
@@ -41,6 +36,45 @@ pub fn group_norm_stats(
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Per channel, the f64 sums of the values and of their squares over the pixels of `xs`
+/// (`c = s.len()` channels per pixel), added to `s` and `ss`; vectorised where the CPU allows
+/// (the same additions in the same order either way).
+fn channel_sums(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+    #[inline(always)]
+    fn imp(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+        let c = s.len();
+        let ss = &mut ss[..c];
+        for px in xs.chunks_exact(c) {
+            for ((a, q), &v) in s.iter_mut().zip(ss.iter_mut()).zip(px) {
+                *a += v as f64;
+                *q += (v as f64) * (v as f64);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+        imp(xs, s, ss)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+        imp(xs, s, ss)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512(xs, s, ss) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(xs, s, ss) };
+        }
+    }
+    imp(xs, s, ss)
 }
 
 /// GroupNorm over `[n, hw, c]` data with `groups` groups, optionally followed by SiLU.
@@ -74,9 +108,38 @@ pub fn group_norm_modulated(
     ss: Option<&[f32]>,
     apply_silu: bool,
 ) -> Vec<f32> {
+    let per_channel = channel_stats(x, n, hw, c, groups, eps);
+    let mut out = vec![0.0f32; x.len()];
+    // Runs of pixels of one sample per task (at most 1024 floats' worth of pixels per run).
+    let run = (1024 / c.max(1)).clamp(1, hw.max(1));
+    out.par_chunks_mut(hw * c)
+        .zip(x.par_chunks(hw * c))
+        .enumerate()
+        .flat_map(|(b, (o, xs))| {
+            o.par_chunks_mut(run * c)
+                .zip(xs.par_chunks(run * c))
+                .map(move |pair| (b, pair))
+        })
+        .for_each(|(b, (o, xi))| {
+            let mr = &per_channel[b * 2 * c..(b + 1) * 2 * c];
+            let ssb = ss.map(|ss| &ss[b * 2 * c..(b + 1) * 2 * c]);
+            fastmath::norm_pixels(xi, o, &mr[..c], &mr[c..], gamma, beta, ssb, apply_silu);
+        });
+    out
+}
+
+/// Per sample, the group statistics repeated over each group's channels: `[n, 2c]`, the `c`
+/// means then the `c` values `1/sqrt(var + eps)`.
+pub fn channel_stats(
+    x: &[f32],
+    n: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    eps: f32,
+) -> Vec<f32> {
     let cg = c / groups;
     let stats = group_norm_stats(x, n, hw, c, groups, eps);
-    // Per sample, the group statistics repeated over each group's channels: mean then rstd.
     let mut per_channel = vec![0.0f32; n * 2 * c];
     for (b, mr) in per_channel.chunks_exact_mut(2 * c).enumerate() {
         for ch in 0..c {
@@ -85,17 +148,7 @@ pub fn group_norm_modulated(
             mr[c + ch] = rstd;
         }
     }
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(c)
-        .zip(x.par_chunks(c))
-        .enumerate()
-        .for_each(|(p, (o, xi))| {
-            let b = p / hw;
-            let mr = &per_channel[b * 2 * c..(b + 1) * 2 * c];
-            let ssb = ss.map(|ss| &ss[b * 2 * c..(b + 1) * 2 * c]);
-            fastmath::norm_pixel(xi, o, &mr[..c], &mr[c..], gamma, beta, ssb, apply_silu);
-        });
-    out
+    per_channel
 }
 
 /// LayerNorm over the last dimension `d` of `[rows, d]` data.
