@@ -32,7 +32,9 @@ __device__ __forceinline__ float conv_prologue(float v, int s, int ci, const flo
 
 /// Tensor-core path: 64x64 output tile per block of 128 threads (4 warps of 32x32), K in steps
 /// of 32, bf16 mma.sync m16n8k16 with f32 accumulators. Grid (ceil(ho*wo/64), ceil(cout/64), n).
-extern "C" __global__ void __launch_bounds__(128) conv2d_mma(
+/// Launch bounds (128 threads, 4 blocks per SM): ptxas may use 128 registers (4 blocks fill the
+/// register file); with the thread count alone it chose 96 and spilled one word on sm_90.
+extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
     const bf16* __restrict__ x, const bf16* __restrict__ w, const float* __restrict__ bias,
     const bf16* __restrict__ residual, bf16* __restrict__ y, const float* __restrict__ stats,
     const float* __restrict__ gamma, const float* __restrict__ beta, int h, int wd, int cin, int ho, int wo,

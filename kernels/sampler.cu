@@ -70,6 +70,63 @@ extern "C" __global__ void normal_state_f32(float* __restrict__ y, const unsigne
     }
 }
 
+/// The step of one state element (`apply_step_learned` of src/sampler/mod.rs): `xv` the state,
+/// `mv` the model's prediction, `mvar` its variance channel (read only with `learned_range`), `z`
+/// the step noise (read only when `noise_scale != 0`).
+__device__ __forceinline__ float uq_step_value(float xv, float mv, float mvar, float z, int prediction, int clip,
+                                               float clip_range, float sqrt_alpha, float sqrt_beta,
+                                               float pred_original_coeff, float pred_epsilon_coeff,
+                                               float current_sample_coeff, float noise_scale,
+                                               int eps_from_clipped, int learned_range, float min_log,
+                                               float max_log) {
+    float x0;
+    if (prediction == 0)
+        x0 = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_beta, mv)), sqrt_alpha);
+    else if (prediction == 1)
+        x0 = __fadd_rn(__fmul_rn(sqrt_alpha, xv), -__fmul_rn(sqrt_beta, mv));
+    else
+        x0 = mv;
+    float eps = 0.0f;
+    if (pred_epsilon_coeff != 0.0f) {
+        if (prediction == 0)
+            eps = mv;
+        else if (prediction == 1)
+            eps = __fadd_rn(__fmul_rn(sqrt_alpha, mv), __fmul_rn(sqrt_beta, xv));
+        else
+            eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
+    }
+    // Comparisons, not fminf/fmaxf: a NaN stays NaN (as Rust's clamp keeps it), so a diverged
+    // sample is still detected after the step.
+    if (clip != 0) {
+        x0 = x0 < -clip_range ? -clip_range : (x0 > clip_range ? clip_range : x0);
+        if (eps_from_clipped != 0 && pred_epsilon_coeff != 0.0f)
+            eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
+    }
+    float out = __fmul_rn(pred_original_coeff, x0);
+    if (pred_epsilon_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(pred_epsilon_coeff, eps));
+    if (current_sample_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(current_sample_coeff, xv));
+    if (noise_scale != 0.0f) {
+        float scale = noise_scale;
+        if (learned_range != 0) {
+            const float frac = __fdiv_rn(__fadd_rn(mvar, 1.0f), 2.0f);
+            scale = expf(
+                __fmul_rn(0.5f, __fadd_rn(__fmul_rn(frac, max_log), __fmul_rn(__fadd_rn(1.0f, -frac), min_log))));
+        }
+        out = __fadd_rn(out, __fmul_rn(scale, z));
+    }
+    return out;
+}
+
+/// The step noise of NHWC state element `i` (`per = hw * c` values per row).
+__device__ __forceinline__ float uq_step_noise(long long i, long long per, int c, int hw, int rows_per_sample,
+                                               const unsigned* __restrict__ index_words, unsigned k0, unsigned k1,
+                                               unsigned purpose, unsigned sub) {
+    const long long row = i / per;
+    const long long sample = row / rows_per_sample;
+    const unsigned long long j = uq_nchw_index(i - row * per, c, hw);
+    return uq_stream_normal(k0, k1, index_words[2 * sample], index_words[2 * sample + 1], purpose, sub, j);
+}
+
 /// One sampler step, `apply_step_learned` of src/sampler/mod.rs element-wise: `x` the state
 /// (f32, `c` channels), `m` the model output (bf16, `mc` channels: `c`, or `2c` with the
 /// variance channels after the prediction), `y` the next state. The step noise (when
@@ -89,50 +146,73 @@ extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const b
                                             float max_log) {
     const long long per = (long long)hw * c;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const float xv = x[i];
         const long long mi = (i / c) * mc + i % c;
-        const float mv = uq_ld(m + mi);
-        float x0;
-        if (prediction == 0)
-            x0 = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_beta, mv)), sqrt_alpha);
-        else if (prediction == 1)
-            x0 = __fadd_rn(__fmul_rn(sqrt_alpha, xv), -__fmul_rn(sqrt_beta, mv));
-        else
-            x0 = mv;
-        float eps = 0.0f;
-        if (pred_epsilon_coeff != 0.0f) {
-            if (prediction == 0)
-                eps = mv;
-            else if (prediction == 1)
-                eps = __fadd_rn(__fmul_rn(sqrt_alpha, mv), __fmul_rn(sqrt_beta, xv));
-            else
-                eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
+        const float mvar = learned_range != 0 ? uq_ld(m + mi + c) : 0.0f;
+        const float z = noise_scale != 0.0f
+                            ? uq_step_noise(i, per, c, hw, rows_per_sample, index_words, k0, k1, purpose, sub)
+                            : 0.0f;
+        y[i] = uq_step_value(x[i], uq_ld(m + mi), mvar, z, prediction, clip, clip_range, sqrt_alpha, sqrt_beta,
+                             pred_original_coeff, pred_epsilon_coeff, current_sample_coeff, noise_scale,
+                             eps_from_clipped, learned_range, min_log, max_log);
+    }
+}
+
+/// One output value of the last layer, f32: `sum over (ky, kx, ci) of h * w + bias`, stride 1,
+/// as `conv2d_simple` sums it (weights `[member][mc][ky][kx][cin]`, `h` NHWC `[rows, s, s, cin]`).
+__device__ __forceinline__ float uq_last_layer_value(const bf16* __restrict__ h, const bf16* __restrict__ w,
+                                                     const float* __restrict__ bias, long long row, int oy, int ox,
+                                                     int co, int member, int s, int cin, int mc, int ksize,
+                                                     int pad) {
+    const int K = ksize * ksize * cin;
+    const bf16* wr = w + ((long long)member * mc + co) * K;
+    float sum = 0.0f;
+    for (int ky = 0; ky < ksize; ++ky) {
+        const int iy = oy - pad + ky;
+        if (iy < 0 || iy >= s) continue;
+        for (int kx = 0; kx < ksize; ++kx) {
+            const int ix = ox - pad + kx;
+            if (ix < 0 || ix >= s) continue;
+            const bf16* xp = h + ((row * s + iy) * s + ix) * cin;
+            const bf16* wp = wr + (ky * ksize + kx) * cin;
+            for (int ci = 0; ci < cin; ++ci) sum += uq_ld(xp + ci) * uq_ld(wp + ci);
         }
-        // Comparisons, not fminf/fmaxf: a NaN stays NaN (as Rust's clamp keeps it), so a diverged
-        // sample is still detected after the step.
-        if (clip != 0) {
-            x0 = x0 < -clip_range ? -clip_range : (x0 > clip_range ? clip_range : x0);
-            if (eps_from_clipped != 0 && pred_epsilon_coeff != 0.0f)
-                eps = __fdiv_rn(__fadd_rn(xv, -__fmul_rn(sqrt_alpha, x0)), sqrt_beta);
-        }
-        float out = __fmul_rn(pred_original_coeff, x0);
-        if (pred_epsilon_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(pred_epsilon_coeff, eps));
-        if (current_sample_coeff != 0.0f) out = __fadd_rn(out, __fmul_rn(current_sample_coeff, xv));
-        if (noise_scale != 0.0f) {
-            const long long row = i / per;
-            const long long sample = row / rows_per_sample;
-            const unsigned long long j = uq_nchw_index(i - row * per, c, hw);
-            const float z =
-                uq_stream_normal(k0, k1, index_words[2 * sample], index_words[2 * sample + 1], purpose, sub, j);
-            float scale = noise_scale;
-            if (learned_range != 0) {
-                const float frac = __fdiv_rn(__fadd_rn(uq_ld(m + mi + c), 1.0f), 2.0f);
-                scale = expf(__fmul_rn(
-                    0.5f, __fadd_rn(__fmul_rn(frac, max_log), __fmul_rn(__fadd_rn(1.0f, -frac), min_log))));
-            }
-            out = __fadd_rn(out, __fmul_rn(scale, z));
-        }
-        y[i] = out;
+    }
+    if (bias) sum += bias[member * mc + co];
+    return sum;
+}
+
+/// The last layer and the sampler step fused: state element `i` (row r, pixel, channel ch) takes
+/// the model output of channel ch (and ch + c, the variance, with `learned_range`) from the last
+/// convolution of member `r % members` (stride 1, `s x s` maps, `mc` output channels) on the
+/// trunk's features `h`, kept in f32 (not rounded to bf16 as a separate convolution stores it),
+/// then the step of `sampler_step_f32`. One launch instead of two and no model-output buffer.
+extern "C" __global__ void last_layer_step_f32(const bf16* __restrict__ h, const bf16* __restrict__ w,
+                                               const float* __restrict__ bias, int cin, int ksize, int pad,
+                                               int members, const float* __restrict__ x, float* __restrict__ y,
+                                               const unsigned* __restrict__ index_words, unsigned k0, unsigned k1,
+                                               unsigned purpose, unsigned sub, int c, int s, int rows_per_sample,
+                                               long long n, int prediction, int clip, float clip_range,
+                                               float sqrt_alpha, float sqrt_beta, float pred_original_coeff,
+                                               float pred_epsilon_coeff, float current_sample_coeff,
+                                               float noise_scale, int mc, int eps_from_clipped, int learned_range,
+                                               float min_log, float max_log) {
+    const int hw = s * s;
+    const long long per = (long long)hw * c;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / per;
+        const long long in_row = i - row * per;
+        const int p = (int)(in_row / c), ch = (int)(in_row % c);
+        const int oy = p / s, ox = p % s, member = (int)(row % members);
+        const float mv = uq_last_layer_value(h, w, bias, row, oy, ox, ch, member, s, cin, mc, ksize, pad);
+        const float mvar = learned_range != 0
+                               ? uq_last_layer_value(h, w, bias, row, oy, ox, ch + c, member, s, cin, mc, ksize, pad)
+                               : 0.0f;
+        const float z = noise_scale != 0.0f
+                            ? uq_step_noise(i, per, c, hw, rows_per_sample, index_words, k0, k1, purpose, sub)
+                            : 0.0f;
+        y[i] = uq_step_value(x[i], mv, mvar, z, prediction, clip, clip_range, sqrt_alpha, sqrt_beta,
+                             pred_original_coeff, pred_epsilon_coeff, current_sample_coeff, noise_scale,
+                             eps_from_clipped, learned_range, min_log, max_log);
     }
 }
 

@@ -8,7 +8,7 @@
 //! result does not depend on the batch size, the batch it ran in, or the backend.
 
 use crate::backend::state::stream_normals;
-use crate::backend::{Backend, Members, StepNoise};
+use crate::backend::{Backend, LastLayer, Members, StepNoise};
 use crate::error::{Error, Result};
 use crate::member_schedule::{MemberSchedule, StepMode};
 use crate::models::unet::UNet;
@@ -187,14 +187,16 @@ impl<'a> Generator<'a> {
                 split = true;
             }
             let t = self.sampler.timesteps()[step] as f32;
-            let out = match mode {
-                StepMode::Map => self.model_output(&x, t, class_rows.as_ref(), LastLayers::Map)?,
+            let (h, last) = match mode {
+                StepMode::Map => self.last_features(&x, t, class_rows.as_ref(), LastLayers::Map)?,
                 StepMode::SharedTrunk => {
                     let map_rows = be.every_kth_row(&x, k)?;
-                    self.model_output(&map_rows, t, class_rows.as_ref(), LastLayers::EveryMember)?
+                    let rows = class_rows.as_ref();
+                    self.last_features(&map_rows, t, rows, LastLayers::EveryMember)?
                 }
                 StepMode::Full => {
-                    self.model_output(&x, t, member_class_rows.as_ref(), LastLayers::PerRow)?
+                    let rows = member_class_rows.as_ref();
+                    self.last_features(&x, t, rows, LastLayers::PerRow)?
                 }
             };
             let noise = StepNoise {
@@ -204,7 +206,7 @@ impl<'a> Generator<'a> {
                 rows_per_sample: if split { k } else { 1 },
             };
             let coeffs = self.sampler.step_coefficients(step);
-            x = be.sampler_step(&coeffs, &out, &x, Some(&noise))?;
+            x = be.last_layer_step(&h, last, &coeffs, &x, Some(&noise))?;
             on_step(step);
         }
         if !split && k > 1 {
@@ -213,28 +215,31 @@ impl<'a> Generator<'a> {
         Ok(x)
     }
 
-    /// The model output at timestep `t` for the state rows `x` with their class rows, through
-    /// `last` (see [`LastLayers`]); sample-major, on the backend.
-    fn model_output(
+    /// The trunk's features at timestep `t` for the state rows `x` with their class rows, one
+    /// row per row of the next state (repeated for every member with
+    /// [`LastLayers::EveryMember`]), and the last layer that turns them into the model output
+    /// (see [`LastLayers`]); sample-major, on the backend.
+    fn last_features(
         &self,
         x: &Tensor,
         t: f32,
         class_rows: Option<&Tensor>,
         last: LastLayers,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, LastLayer<'_>)> {
         let be = self.backend;
         let rows = x.shape()[0];
         let input = be.state_as_input(x, self.unet.config.center_input_sample)?;
         let feats = self.unet.step_features(be, t, rows)?;
         let temb = self.unet.embedding_from(be, &feats, class_rows)?;
         let h = self.unet.trunk_from(be, &input, &temb)?;
-        match last {
-            LastLayers::Map => be.conv2d(&h, &self.members.convs[0], None),
-            LastLayers::PerRow => be.conv2d_member_stack(&h, &self.members),
-            LastLayers::EveryMember => {
-                be.conv2d_member_stack(&be.repeat_rows(&h, self.k())?, &self.members)
-            }
-        }
+        Ok(match last {
+            LastLayers::Map => (h, LastLayer::Single(&self.members.convs[0])),
+            LastLayers::PerRow => (h, LastLayer::Members(&self.members)),
+            LastLayers::EveryMember => (
+                be.repeat_rows(&h, self.k())?,
+                LastLayer::Members(&self.members),
+            ),
+        })
     }
 }
 

@@ -564,3 +564,113 @@ fn device_sampler_step_with_learned_variance_and_clipped_eps() {
         assert!(e.to_string().contains("learned_range"), "{e}");
     }
 }
+
+/// The fused last layer + step (`last_layer_step_f32`) against the CPU backend's two ops (the
+/// convolution in f32, then `apply_step`), for every sampler branch, two members on rows `r % 2`
+/// and the MAP convolution alone, with and without learned variance channels, in one launch.
+/// Inputs are bf16 values, so only the summation order differs from the CPU.
+#[test]
+fn fused_last_layer_step_equals_the_convolution_then_the_step() {
+    use uqengine::backend::LastLayer;
+    let cpu = CpuBackend::new();
+    let (k, s, cin) = (2, 5, 7);
+    let rows = INDICES.len() * k;
+    let learned = SchedulerConfig {
+        timestep_spacing: uqengine::sampler::TimestepSpacing::GuidedDiffusion,
+        use_clipped_model_output: true,
+        variance_type: VarianceType::LearnedRange,
+        ..SchedulerConfig::default()
+    };
+    let mut cases: Vec<(String, Sampler, usize)> =
+        samplers().into_iter().map(|(n, s)| (n, s, 1)).collect();
+    for kind in [SamplerKind::Ddpm, SamplerKind::Ddim { eta: 0.5 }] {
+        cases.push((
+            format!("learned range {kind:?}"),
+            Sampler::new(&learned, kind, 7).unwrap(),
+            3,
+        ));
+    }
+    let h = values(rows * s * s * cin, 31, 1.0);
+    for (dev, _) in devices() {
+        let (sd, sc) = (
+            dev.sample_streams(&INDICES).unwrap(),
+            cpu.sample_streams(&INDICES).unwrap(),
+        );
+        let hd = dev.upload(&[rows, s, s, cin], &h).unwrap();
+        let hc = cpu.upload(&[rows, s, s, cin], &h).unwrap();
+        for (name, sampler, c) in &cases {
+            let c = *c;
+            let mc = if name.starts_with("learned") {
+                2 * c
+            } else {
+                c
+            };
+            let spec = ConvSpec::new(cin, mc, 3, 1, 1);
+            let weights: Vec<(Vec<f32>, Vec<f32>)> = (0..k as u64)
+                .map(|m| (values(mc * cin * 9, 40 + m, 0.3), values(mc, 50 + m, 0.2)))
+                .collect();
+            let prep = |be: &dyn Backend| {
+                let convs: Vec<_> = weights
+                    .iter()
+                    .map(|(w, b)| be.prepare_conv(spec, w, Some(b)).unwrap())
+                    .collect();
+                be.prepare_members(&convs).unwrap()
+            };
+            let (md, mcpu) = (prep(dev.as_ref()), prep(&cpu));
+            let shape = [rows, s, s, c];
+            let x = values(rows * s * s * c, 60, 1.5);
+            for step in 0..sampler.num_steps() {
+                let co = sampler.step_coefficients(step);
+                let noise = |streams| StepNoise {
+                    streams,
+                    seed: 42,
+                    step: step as u32,
+                    rows_per_sample: k,
+                };
+                for single in [false, true] {
+                    let (ld, lc) = if single {
+                        (
+                            LastLayer::Single(&md.convs[0]),
+                            LastLayer::Single(&mcpu.convs[0]),
+                        )
+                    } else {
+                        (LastLayer::Members(&md), LastLayer::Members(&mcpu))
+                    };
+                    let want = cpu
+                        .last_layer_step(
+                            &hc,
+                            lc,
+                            &co,
+                            &cpu.state_from_host(&shape, &x).unwrap(),
+                            Some(&noise(&sc)),
+                        )
+                        .unwrap();
+                    let xd = dev.state_from_host(&shape, &x).unwrap();
+                    let before = dev.transfers().unwrap().launches;
+                    let got = dev
+                        .last_layer_step(&hd, ld, &co, &xd, Some(&noise(&sd)))
+                        .unwrap();
+                    let launches = dev.transfers().unwrap().launches - before;
+                    assert_eq!(
+                        launches, 1,
+                        "{name}: the last layer and the step in one launch"
+                    );
+                    let (g, w) = (
+                        dev.state_to_host(&got).unwrap(),
+                        cpu.state_to_host(&want).unwrap(),
+                    );
+                    let worst = g
+                        .iter()
+                        .zip(&w)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        worst <= 2e-4,
+                        "{name} step {step} single {single} on {}: {worst} from the CPU",
+                        dev.name()
+                    );
+                }
+            }
+        }
+    }
+}

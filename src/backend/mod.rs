@@ -75,6 +75,30 @@ pub struct Members {
     pub stacked: Option<Conv2d>,
 }
 
+/// The last layer of a sampler step: one convolution for every row (the MAP member's), or the
+/// members' stack (row `r` through member `r % K`).
+#[derive(Clone, Copy)]
+pub enum LastLayer<'a> {
+    Single(&'a Conv2d),
+    Members(&'a Members),
+}
+
+/// [`Backend::last_layer_step`] as its two ops: the last layer, then the sampler step.
+pub fn last_layer_then_step<B: Backend + ?Sized>(
+    be: &B,
+    h: &Tensor,
+    last: LastLayer,
+    coeffs: &StepCoefficients,
+    x: &Tensor,
+    noise: Option<&StepNoise>,
+) -> Result<Tensor> {
+    let m = match last {
+        LastLayer::Single(conv) => be.conv2d(h, conv, None)?,
+        LastLayer::Members(members) => be.conv2d_member_stack(h, members)?,
+    };
+    be.sampler_step(coeffs, &m, x, noise)
+}
+
 impl Members {
     pub fn len(&self) -> usize {
         self.convs.len()
@@ -284,6 +308,20 @@ pub trait Backend: Send + Sync {
         noise: Option<&StepNoise>,
     ) -> Result<Tensor> {
         state::sampler_step(coeffs, m, x, noise)
+    }
+    /// The last layer on the trunk's features `h` and the sampler step on its output, in one:
+    /// `sampler_step(coeffs, last(h), x, noise)`. Default: the two ops
+    /// ([`last_layer_then_step`]); the CUDA backend fuses them into one kernel when the last
+    /// layer is a small stride-1 convolution (every diffusion model's output convolution).
+    fn last_layer_step(
+        &self,
+        h: &Tensor,
+        last: LastLayer,
+        coeffs: &StepCoefficients,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        last_layer_then_step(self, h, last, coeffs, x, noise)
     }
     /// The trunk's input from a state tensor: `x`, or `2x - 1` for a model that centers its
     /// input (`center_input_sample`).

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::backend::{
-    Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers,
+    Activation, Backend, Conv2d, ConvSpec, LastLayer, Linear, Members, Norm, StepNoise, Transfers,
 };
 use crate::error::Result;
 use crate::rng::Purpose;
@@ -231,6 +231,18 @@ impl Backend for Profiled {
     ) -> Result<Tensor> {
         self.time("sampler_step", || {
             self.inner.sampler_step(coeffs, m, x, noise)
+        })
+    }
+    fn last_layer_step(
+        &self,
+        h: &Tensor,
+        last: LastLayer,
+        coeffs: &StepCoefficients,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        self.time("last_layer_step", || {
+            self.inner.last_layer_step(h, last, coeffs, x, noise)
         })
     }
     fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {

@@ -10,7 +10,7 @@ mod pixels;
 use super::device::{Bf16, Counted, DevBuf, DevPtr, Device, LaunchCfg};
 use super::kernels;
 use crate::backend::{
-    Activation, Backend, Conv2d, ConvSpec, Linear, Members, Norm, StepNoise, Transfers,
+    Activation, Backend, Conv2d, ConvSpec, LastLayer, Linear, Members, Norm, StepNoise, Transfers,
 };
 use crate::error::{Error, Result};
 use crate::models::clip_preprocess::PixelPlan;
@@ -227,6 +227,39 @@ impl CudaBackend {
     fn rows_of(x: &Tensor) -> (usize, usize) {
         let rows = x.shape().first().copied().unwrap_or(0);
         (rows, x.numel().checked_div(rows).unwrap_or(0))
+    }
+
+    /// The step noise's kernel arguments: the streams, the seed, the step, rows per sample
+    /// (nulls when the step adds no noise); an error when it adds noise and none was given or
+    /// the streams do not cover the state's `rows`.
+    fn step_noise_args(
+        &self,
+        co: &StepCoefficients,
+        noise: Option<&StepNoise>,
+        rows: usize,
+    ) -> Result<(DevPtr<u32>, u64, u32, usize)> {
+        match (co.noise_scale != 0.0, noise) {
+            (false, _) => Ok((DevPtr::null(), 0u64, 0u32, 1usize)),
+            (true, None) => Err(err(format!(
+                "step at timestep {} adds noise, but none was given",
+                co.timestep
+            ))),
+            (true, Some(nz)) => {
+                check(nz.streams.shape()[0] * nz.rows_per_sample == rows, || {
+                    format!(
+                        "sampler_step: noise for {} samples x {} rows, state has {rows} rows",
+                        nz.streams.shape()[0],
+                        nz.rows_per_sample
+                    )
+                })?;
+                Ok((
+                    self.u32s(nz.streams)?.ptr(),
+                    nz.seed,
+                    nz.step,
+                    nz.rows_per_sample,
+                ))
+            }
+        }
     }
 
     fn state_dims(x: &Tensor, what: &str) -> Result<(usize, usize, usize)> {
@@ -466,6 +499,41 @@ fn act_code(act: Activation) -> i32 {
 
 fn to_bf16(data: &[f32]) -> Vec<Bf16> {
     data.iter().map(|&v| Bf16::from_f32(v)).collect()
+}
+
+/// The argument struct of a sampler-step kernel: the step's coefficients `co`, its noise
+/// arguments (`CudaBackend::step_noise_args`), the state's channels, element count and the
+/// model output's channels, then `$only`, the arguments of that kernel alone.
+macro_rules! step_args {
+    ($args:ident, $co:expr, ($idx:expr, $seed:expr, $sub:expr, $rps:expr), $c:expr, $n:expr, $mc:expr,
+     { $($only:tt)* }) => {{
+        let (co, seed): (&StepCoefficients, u64) = ($co, $seed);
+        kernels::$args {
+            index_words: $idx,
+            k0: seed as u32,
+            k1: (seed >> 32) as u32,
+            purpose: Purpose::StepNoise as u32,
+            sub: $sub,
+            c: $c as i32,
+            rows_per_sample: ($rps).max(1) as i32,
+            n: $n as i64,
+            prediction: co.prediction as i32,
+            clip: co.clip as i32,
+            clip_range: co.clip_range,
+            sqrt_alpha: co.sqrt_alpha_prod_t,
+            sqrt_beta: co.sqrt_beta_prod_t,
+            pred_original_coeff: co.pred_original_coeff,
+            pred_epsilon_coeff: co.pred_epsilon_coeff,
+            current_sample_coeff: co.current_sample_coeff,
+            noise_scale: co.noise_scale,
+            mc: $mc as i32,
+            eps_from_clipped: co.eps_from_clipped as i32,
+            learned_range: co.learned_range as i32,
+            min_log: co.min_log,
+            max_log: co.max_log,
+            $($only)*
+        }
+    }};
 }
 
 impl Backend for CudaBackend {
@@ -1045,6 +1113,70 @@ impl Backend for CudaBackend {
         Ok(Self::wrap(vec![rows, s, s, c], CudaStorage::F32(y)))
     }
 
+    /// One launch (`last_layer_step_f32`) when the last layer is a stride-1 convolution that
+    /// keeps the state's size, with the state's channels (or twice as many) and few enough that
+    /// a separate convolution would take the f32 path anyway; the two ops otherwise.
+    fn last_layer_step(
+        &self,
+        h: &Tensor,
+        last: LastLayer,
+        co: &StepCoefficients,
+        x: &Tensor,
+        noise: Option<&StepNoise>,
+    ) -> Result<Tensor> {
+        let (conv, members) = match last {
+            LastLayer::Single(conv) => (conv, 1),
+            LastLayer::Members(m) => match &m.stacked {
+                Some(st) => (st, m.len()),
+                None => return crate::backend::last_layer_then_step(self, h, last, co, x, noise),
+            },
+        };
+        let (rows, s, c) = Self::state_dims(x, "last_layer_step")?;
+        let spec = conv.spec;
+        let mc = spec.cout;
+        let fused = spec.stride == 1
+            && spec.kernel % 2 == 1
+            && spec.padding == spec.kernel / 2
+            && spec.pad_end == 0
+            && h.shape() == [rows, s, s, spec.cin]
+            && (mc == c || mc == 2 * c)
+            && (co.learned_range == 0 || mc == 2 * c)
+            && rows % members == 0
+            && !(mc >= MMA_MIN_COUT && spec.kernel * spec.kernel * spec.cin >= MMA_MIN_K)
+            && matches!(self.storage(h)?, CudaStorage::Bf16(_));
+        if !fused {
+            return crate::backend::last_layer_then_step(self, h, last, co, x, noise);
+        }
+        let n = x.numel();
+        i32_of(n, "state size")?;
+        i32_of(h.numel(), "feature size")?;
+        let (idx, seed, sub, rps) = self.step_noise_args(co, noise, rows)?;
+        let bias = match &conv.bias {
+            Some(b) => self.f32(b)?.ptr(),
+            None => DevPtr::null(),
+        };
+        let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
+        if n > 0 {
+            kernels::last_layer_step_f32(
+                self.d(),
+                self.ew_cfg(n),
+                step_args!(LastLayerStepF32Args, co, (idx, seed, sub, rps), c, n, mc, {
+                    h: self.bf16(h)?.ptr(),
+                    w: self.bf16(&conv.weight)?.ptr(),
+                    bias,
+                    cin: spec.cin as i32,
+                    ksize: spec.kernel as i32,
+                    pad: spec.padding as i32,
+                    members: members as i32,
+                    x: self.f32(x)?.ptr(),
+                    y: y.ptr_mut(),
+                    s: s as i32,
+                }),
+            )?;
+        }
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F32(y)))
+    }
+
     fn sampler_step(
         &self,
         co: &StepCoefficients,
@@ -1056,63 +1188,18 @@ impl Backend for CudaBackend {
         let mc = crate::backend::state::model_channels(co, m, x)?;
         let n = x.numel();
         i32_of(n, "state size")?;
-        let (idx, seed, sub, rps) = match (co.noise_scale != 0.0, noise) {
-            (false, _) => (DevPtr::null(), 0u64, 0u32, 1usize),
-            (true, None) => {
-                return Err(err(format!(
-                    "step at timestep {} adds noise, but none was given",
-                    co.timestep
-                )))
-            }
-            (true, Some(nz)) => {
-                check(nz.streams.shape()[0] * nz.rows_per_sample == rows, || {
-                    format!(
-                        "sampler_step: noise for {} samples x {} rows, state has {rows} rows",
-                        nz.streams.shape()[0],
-                        nz.rows_per_sample
-                    )
-                })?;
-                (
-                    self.u32s(nz.streams)?.ptr(),
-                    nz.seed,
-                    nz.step,
-                    nz.rows_per_sample,
-                )
-            }
-        };
+        let (idx, seed, sub, rps) = self.step_noise_args(co, noise, rows)?;
         let mut y = DevBuf::<f32>::zeros(self.d(), n)?;
         if n > 0 {
             kernels::sampler_step_f32(
                 self.d(),
                 self.ew_cfg(n),
-                kernels::SamplerStepF32Args {
+                step_args!(SamplerStepF32Args, co, (idx, seed, sub, rps), c, n, mc, {
                     x: self.f32(x)?.ptr(),
                     m: self.bf16(m)?.ptr(),
                     y: y.ptr_mut(),
-                    index_words: idx,
-                    k0: seed as u32,
-                    k1: (seed >> 32) as u32,
-                    purpose: Purpose::StepNoise as u32,
-                    sub,
-                    c: c as i32,
                     hw: (s * s) as i32,
-                    rows_per_sample: rps.max(1) as i32,
-                    n: n as i64,
-                    prediction: co.prediction as i32,
-                    clip: co.clip as i32,
-                    clip_range: co.clip_range,
-                    sqrt_alpha: co.sqrt_alpha_prod_t,
-                    sqrt_beta: co.sqrt_beta_prod_t,
-                    pred_original_coeff: co.pred_original_coeff,
-                    pred_epsilon_coeff: co.pred_epsilon_coeff,
-                    current_sample_coeff: co.current_sample_coeff,
-                    noise_scale: co.noise_scale,
-                    mc: mc as i32,
-                    eps_from_clipped: co.eps_from_clipped as i32,
-                    learned_range: co.learned_range as i32,
-                    min_log: co.min_log,
-                    max_log: co.max_log,
-                },
+                }),
             )?;
         }
         Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F32(y)))
