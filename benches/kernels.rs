@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use uqengine::backend::cuda::gpu::GpuDevice;
 use uqengine::backend::cuda::CudaBackend;
-use uqengine::backend::{Activation, Backend, ConvSpec, StepNoise};
+use uqengine::backend::{Activation, Backend, ConvSpec, LastLayer, StepNoise};
 use uqengine::rng::Purpose;
 use uqengine::sampler::{Sampler, SamplerKind, SchedulerConfig};
 use uqengine::Tensor;
@@ -204,8 +204,20 @@ impl Bench {
     }
 
     /// The per-step sampler kernels on a batch of `rows` member rows: the DDPM update with its
-    /// noise, the starting noise, and the entropy reduction of `rows` member features.
-    fn sampler(&mut self, model: &str, samples: usize, k: usize, s: usize, c: usize) {
+    /// noise, the same fused with the members' last layer (3x3 from `cin` trunk channels to `mc`
+    /// model output channels), the starting noise, and the entropy reduction of `rows` member
+    /// features.
+    #[allow(clippy::too_many_arguments)]
+    fn sampler(
+        &mut self,
+        model: &str,
+        samples: usize,
+        k: usize,
+        s: usize,
+        c: usize,
+        cin: usize,
+        mc: usize,
+    ) {
         let b = self.b.clone();
         let rows = samples * k;
         let n = rows * s * s * c;
@@ -232,6 +244,33 @@ impl Bench {
             t,
             0.0,
             10.0 * n as f64,
+        );
+        let spec = ConvSpec::new(cin, mc, 3, 1, 1);
+        let convs: Vec<_> = (0..k as u64)
+            .map(|i| {
+                b.prepare_conv(
+                    spec,
+                    &values(mc * cin * 9, 20 + i, 0.05),
+                    Some(&values(mc, 30 + i, 0.1)),
+                )
+                .unwrap()
+            })
+            .collect();
+        let members = b.prepare_members(&convs).unwrap();
+        let h = b
+            .upload(&[rows, s, s, cin], &values(rows * s * s * cin, 15, 1.0))
+            .unwrap();
+        let t = self.time(|| {
+            b.last_layer_step(&h, LastLayer::Members(&members), &co, &x, Some(&noise))
+                .unwrap()
+        });
+        self.record(
+            model,
+            "last_layer_step_ddpm",
+            format!("{samples}x{k} members {s}x{s}x{cin}->{mc}"),
+            t,
+            2.0 * (rows * s * s * mc * 9 * cin) as f64,
+            2.0 * (rows * s * s * cin) as f64 + 10.0 * n as f64,
         );
         let t = self.time(|| {
             b.normal_state(&streams, 1, Purpose::InitialNoise, 0, c, s, k)
@@ -308,7 +347,7 @@ fn main() {
     let (n, len) = if smoke { (1, 16) } else { (96, 64) };
     bench.attention("demo", n, len, 2, 32);
     let (smp, s) = if smoke { (2, 8) } else { (16, 32) };
-    bench.sampler("demo", smp, 6, s, 1);
+    bench.sampler("demo", smp, 6, s, 1, 16, 1);
     // ddpm-cifar10-32 at batch 16: 128/256/256/256 channels at 32/16/8/4, attention at 16x16.
     for (hw, c) in [(32, 128), (16, 256), (8, 256), (4, 256)] {
         let (n, hw, c) = sz(16, hw, c);
@@ -330,7 +369,7 @@ fn main() {
         bench.attention("adm-128", n, len, 4, dh);
     }
     let (smp, s) = if smoke { (1, 8) } else { (8, 128) };
-    bench.sampler("adm-128", smp, 6, s, 3);
+    bench.sampler("adm-128", smp, 6, s, 3, if smoke { 16 } else { 256 }, 6);
     let json = serde_json::json!({"device": name, "smoke": smoke, "peak": bench.peak, "results": bench.rows});
     let path = std::env::var("UQENGINE_BENCH_JSON").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/kernels-bench.json").into()
