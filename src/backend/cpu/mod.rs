@@ -125,7 +125,9 @@ impl Backend for CpuBackend {
             format!("conv weights: {} values for {spec:?}", w_oihw.len())
         })?;
         let w = conv::reorder_oihw(&spec, w_oihw);
-        let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) {
+        // Winograd's 16 products per tile only pay with enough output channels: an output layer
+        // (1-6 channels) is a matrix-vector product, cheaper as the gathered-patch GEMM.
+        let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) && spec.cout >= 16 {
             let u = conv::winograd_weights(spec.cin, spec.cout, &w);
             Tensor::host(vec![16 * spec.cin, spec.cout], u)
         } else {
