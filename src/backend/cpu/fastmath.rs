@@ -100,19 +100,50 @@ fn norm_pixel_impl(
         &gamma[..c],
         &beta[..c],
     );
-    for ch in 0..c {
-        out[ch] = (x[ch] - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
-    }
-    if let Some(ss) = ss {
-        let (sc, sh) = (&ss[..c], &ss[c..2 * c]);
-        for ch in 0..c {
-            out[ch] = out[ch] * (1.0 + sc[ch]) + sh[ch];
+    // Blocks of 16 channels as fixed-size arrays: each loop below becomes whole vectors (a loop
+    // over `c` channels would leave a layer's 16-48 channels to the scalar remainder of an
+    // unrolled vector loop); the arithmetic per element is the same in the block and the tail.
+    let one = |ch: usize, v: f32| -> f32 {
+        let mut v = (v - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch];
+        if let Some(ss) = ss {
+            v = v * (1.0 + ss[ch]) + ss[c + ch];
         }
-    }
-    if apply_silu {
-        for v in out.iter_mut() {
-            *v = silu(*v);
+        v
+    };
+    let mut ch = 0;
+    while ch + 16 <= c {
+        let r = ch..ch + 16;
+        let xs: &[f32; 16] = x[r.clone()].try_into().unwrap();
+        let (m, rs): (&[f32; 16], &[f32; 16]) = (
+            mean[r.clone()].try_into().unwrap(),
+            rstd[r.clone()].try_into().unwrap(),
+        );
+        let (g, b): (&[f32; 16], &[f32; 16]) = (
+            gamma[r.clone()].try_into().unwrap(),
+            beta[r.clone()].try_into().unwrap(),
+        );
+        let mut v = [0.0f32; 16];
+        for j in 0..16 {
+            v[j] = (xs[j] - m[j]) * rs[j] * g[j] + b[j];
         }
+        if let Some(ss) = ss {
+            let sc: &[f32; 16] = ss[r.clone()].try_into().unwrap();
+            let sh: &[f32; 16] = ss[c + ch..c + ch + 16].try_into().unwrap();
+            for j in 0..16 {
+                v[j] = v[j] * (1.0 + sc[j]) + sh[j];
+            }
+        }
+        if apply_silu {
+            for vj in v.iter_mut() {
+                *vj = silu(*vj);
+            }
+        }
+        out[r].copy_from_slice(&v);
+        ch += 16;
+    }
+    for k in ch..c {
+        let v = one(k, x[k]);
+        out[k] = if apply_silu { silu(v) } else { v };
     }
 }
 
