@@ -189,6 +189,21 @@ pub trait Backend: Send + Sync {
         let h = self.group_norm(x, norm, silu)?;
         self.conv2d(&h, conv, residual)
     }
+    /// `norm_conv2d(x + v)` with `v` `[n, c]` added to every position of sample `n` first (a
+    /// resnet's time embedding before its second norm). Default: [`Backend::add_per_sample`]
+    /// then [`Backend::norm_conv2d`].
+    fn add_norm_conv2d(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        norm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.add_per_sample(x, v)?;
+        self.norm_conv2d(&h, norm, silu, conv, residual)
+    }
     /// Per-member last layer: sample `i` of `x` (batch `B*K`, member `i % K`) is convolved with
     /// `convs[i % K]`. No default: the CPU backend runs one convolution per member on gathered
     /// rows, the CUDA backend one launch over the members' stacked weights.

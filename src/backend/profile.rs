@@ -124,6 +124,20 @@ impl Backend for Profiled {
             self.inner.norm_conv2d(x, norm, silu, conv, residual)
         })
     }
+    fn add_norm_conv2d(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        norm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let name = self.conv_key("add_norm_conv2d", x, conv.spec.cout);
+        self.time(&name, || {
+            self.inner.add_norm_conv2d(x, v, norm, silu, conv, residual)
+        })
+    }
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
         self.time("conv2d_members", || self.inner.conv2d_members(x, convs))
     }

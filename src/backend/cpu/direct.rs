@@ -44,10 +44,13 @@ pub fn width_ok(w: usize) -> bool {
     w > 0 && w.is_multiple_of(8)
 }
 
-/// The fused GroupNorm prologue: per sample `stats` `[2*cin]` (the group means then the
-/// `1/sqrt(var+eps)` repeated over each group's channels, [`super::norm::channel_stats`]), the
-/// affine parameters, ADM's scale-shift `[n, 2*cin]` and the SiLU switch.
+/// The fused GroupNorm prologue: a per-sample vector `add` `[n, cin]` added to the input first
+/// (a resnet's time embedding; f32, as a separate add stores it), per sample `stats` `[2*cin]`
+/// (the group means then the `1/sqrt(var+eps)` repeated over each group's channels, of the
+/// input plus `add`, [`super::norm::channel_stats`]), the affine parameters, ADM's scale-shift
+/// `[n, 2*cin]` and the SiLU switch.
 pub struct Prologue<'a> {
+    pub add: Option<&'a [f32]>,
     pub stats: &'a [f32],
     pub gamma: &'a [f32],
     pub beta: &'a [f32],
@@ -81,6 +84,7 @@ pub fn conv3x3(
     if let Some(p) = pro {
         assert!(p.stats.len() == n * 2 * cin && p.gamma.len() == cin && p.beta.len() == cin);
         assert!(p.ss.is_none_or(|ss| ss.len() == n * 2 * cin));
+        assert!(p.add.is_none_or(|a| a.len() == n * cin));
     }
     // Written only through raw pointers until every element is set (no zero fill first).
     let len = n * h * w * cout;
@@ -99,6 +103,11 @@ pub fn conv3x3(
         let r1 = (r0 + band).min(h);
         let mut pad = super::conv::take_scratch((r1 - r0 + 2) * row_len);
         let mut line = super::conv::take_scratch(w * cin);
+        let mut summed = super::conv::take_scratch(if pro.is_some_and(|p| p.add.is_some()) {
+            w * cin
+        } else {
+            0
+        });
         // Padded rows r0-1 ..= r1 of sample b, normalised, channel-major within a row
         // (`[cin][w+2]`, so that a block's pixels are consecutive for each channel): zero outside
         // the map.
@@ -111,6 +120,16 @@ pub fn conv3x3(
             let src = &x[(b * h + ih as usize) * w * cin..(b * h + ih as usize + 1) * w * cin];
             let px: &[f32] = match pro {
                 Some(p) => {
+                    let src = match p.add {
+                        Some(a) => {
+                            let ab = &a[b * cin..(b + 1) * cin];
+                            for (d, v) in summed.chunks_exact_mut(cin).zip(src.chunks_exact(cin)) {
+                                fastmath::add_into(d, v, ab);
+                            }
+                            &summed[..]
+                        }
+                        None => src,
+                    };
                     let st = &p.stats[b * 2 * cin..(b + 1) * 2 * cin];
                     let ssb = p.ss.map(|ss| &ss[b * 2 * cin..(b + 1) * 2 * cin]);
                     fastmath::norm_pixels(
@@ -139,6 +158,7 @@ pub fn conv3x3(
             }
         }
         super::conv::give_scratch(line);
+        super::conv::give_scratch(summed);
         let o0 = (b * h + r0) * w * cout;
         let res = residual.map(|r| &r[o0..o0 + (r1 - r0) * w * cout]);
         #[cfg(target_arch = "x86_64")]
@@ -290,8 +310,15 @@ mod tests {
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         norm: Option<RefNorm>,
+        add: Option<&[f32]>,
     ) -> Vec<f64> {
         let mut a: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        if let Some(t) = add {
+            for (i, v) in a.iter_mut().enumerate() {
+                let (b, ch) = (i / (h * w * cin), i % cin);
+                *v = (x[i] + t[b * cin + ch]) as f64;
+            }
+        }
         if let Some((groups, gamma, beta, ss, silu)) = norm {
             let cg = cin / groups;
             for b in 0..n {
@@ -359,7 +386,7 @@ mod tests {
 
     /// The direct kernel against the definition at odd shapes: 1, 3 and 20 input channels,
     /// 16 and 32 output channels, widths 8/16/24, band splits of 1..h rows, with and without
-    /// the norm, scale-shift, SiLU, bias and residual.
+    /// the norm, scale-shift, SiLU, bias, residual and a per-sample add before the norm.
     #[test]
     fn direct_conv_equals_the_definition() {
         if !available() {
@@ -400,7 +427,8 @@ mod tests {
                 .iter()
                 .map(|v| v * 0.4)
                 .collect();
-            for variant in 0..4 {
+            let tvec = values(n * cin, seed + 8);
+            for variant in 0..5 {
                 let with_norm = variant != 0;
                 let with_ss = variant == 2;
                 let silu = variant != 3;
@@ -409,8 +437,12 @@ mod tests {
                     1 => (None, Some(&res[..])),
                     _ => (Some(&bias[..]), Some(&res[..])),
                 };
-                let stats = super::super::norm::channel_stats(&x, n, h * w, cin, groups, 1e-5);
+                let with_add = variant == 4;
+                let addv = with_add.then_some(&tvec[..]);
+                let stats =
+                    super::super::norm::channel_stats(&x, addv, n, h * w, cin, groups, 1e-5);
                 let pro = Prologue {
+                    add: addv,
                     stats: &stats,
                     gamma: &gamma,
                     beta: &beta,
@@ -446,6 +478,7 @@ mod tests {
                         with_ss.then_some(&ss[..]),
                         silu,
                     )),
+                    addv,
                 );
                 let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                 for (i, (g, wv)) in got.iter().zip(&want).enumerate() {

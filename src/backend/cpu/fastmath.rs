@@ -168,6 +168,28 @@ pub fn softmax_row(row: &mut [f32], scale: f32) {
     softmax_row_impl(row, scale)
 }
 
+/// `d = a + b`, element-wise (blocks of 16 as whole vectors).
+#[inline]
+pub fn add_into(d: &mut [f32], a: &[f32], b: &[f32]) {
+    let n = d.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    let blocks = n / 16 * 16;
+    for ((db, ab), bb) in d[..blocks]
+        .chunks_exact_mut(16)
+        .zip(a[..blocks].chunks_exact(16))
+        .zip(b[..blocks].chunks_exact(16))
+    {
+        let db: &mut [f32; 16] = db.try_into().unwrap();
+        let (ab, bb): (&[f32; 16], &[f32; 16]) = (ab.try_into().unwrap(), bb.try_into().unwrap());
+        for j in 0..16 {
+            db[j] = ab[j] + bb[j];
+        }
+    }
+    for j in blocks..n {
+        d[j] = a[j] + b[j];
+    }
+}
+
 /// The GroupNorm apply ([`norm_pixel_impl`]) over consecutive pixels of `c = mean.len()`
 /// channels each (one dispatch for the whole run): `x` and `out` hold whole pixels.
 #[allow(clippy::too_many_arguments)]

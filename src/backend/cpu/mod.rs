@@ -103,6 +103,66 @@ fn direct_applies(conv: &Conv2d, w: usize) -> bool {
     uses_direct(&conv.spec) && conv.weight.shape()[0] == 9 * conv.spec.cin && direct::width_ok(w)
 }
 
+impl CpuBackend {
+    /// [`Backend::norm_conv2d`] of `x` (plus the per-sample `add`, `[n, c]`): the direct kernel
+    /// with the prologue fused for narrow layers, the ops one after the other otherwise.
+    fn norm_conv2d_added(
+        &self,
+        x: &Tensor,
+        add: Option<&Tensor>,
+        nm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.nhwc();
+        if !direct_applies(conv, w) || c != conv.spec.cin {
+            let summed;
+            let x = match add {
+                Some(v) => {
+                    summed = self.add_per_sample(x, v)?;
+                    &summed
+                }
+                None => x,
+            };
+            let y = self.group_norm(x, nm, silu)?;
+            return self.conv2d(&y, conv, residual);
+        }
+        check(c == nm.channels && c % nm.groups == 0, || {
+            format!(
+                "norm_conv2d: input {:?} for {} channels in {} groups",
+                x.shape(),
+                nm.channels,
+                nm.groups
+            )
+        })?;
+        let add = match add {
+            Some(v) => {
+                check(v.shape() == [n, c], || {
+                    format!("add_norm_conv2d: {:?} + {:?}", x.shape(), v.shape())
+                })?;
+                Some(host(v)?)
+            }
+            None => None,
+        };
+        let cout = conv.spec.cout;
+        let (bias, res) = conv_addends("norm_conv2d", conv, residual, [n, h, w, cout])?;
+        let xs = host(x)?;
+        let stats = norm::channel_stats(xs, add, n, h * w, c, nm.groups, nm.eps);
+        let pro = direct::Prologue {
+            add,
+            stats: &stats,
+            gamma: host(&nm.gamma)?,
+            beta: host(&nm.beta)?,
+            ss: None,
+            silu,
+        };
+        let wt = host(&conv.weight)?;
+        let y = direct::conv3x3(c, cout, xs, n, h, w, wt, bias, res, Some(&pro));
+        Ok(Tensor::host(vec![n, h, w, cout], y))
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".into()
@@ -195,33 +255,21 @@ impl Backend for CpuBackend {
         conv: &Conv2d,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (n, h, w, c) = x.nhwc();
-        if !direct_applies(conv, w) || c != conv.spec.cin {
-            let y = self.group_norm(x, nm, silu)?;
-            return self.conv2d(&y, conv, residual);
-        }
-        check(c == nm.channels && c % nm.groups == 0, || {
-            format!(
-                "norm_conv2d: input {:?} for {} channels in {} groups",
-                x.shape(),
-                nm.channels,
-                nm.groups
-            )
-        })?;
-        let cout = conv.spec.cout;
-        let (bias, res) = conv_addends("norm_conv2d", conv, residual, [n, h, w, cout])?;
-        let xs = host(x)?;
-        let stats = norm::channel_stats(xs, n, h * w, c, nm.groups, nm.eps);
-        let pro = direct::Prologue {
-            stats: &stats,
-            gamma: host(&nm.gamma)?,
-            beta: host(&nm.beta)?,
-            ss: None,
-            silu,
-        };
-        let wt = host(&conv.weight)?;
-        let y = direct::conv3x3(c, cout, xs, n, h, w, wt, bias, res, Some(&pro));
-        Ok(Tensor::host(vec![n, h, w, cout], y))
+        self.norm_conv2d_added(x, None, nm, silu, conv, residual)
+    }
+
+    /// The per-sample add fused too: the statistics of `x + v` without forming it, and each
+    /// band's input rows summed before they are normalised.
+    fn add_norm_conv2d(
+        &self,
+        x: &Tensor,
+        v: &Tensor,
+        nm: &Norm,
+        silu: bool,
+        conv: &Conv2d,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.norm_conv2d_added(x, Some(v), nm, silu, conv, residual)
     }
 
     fn conv2d_members(&self, x: &Tensor, convs: &[Conv2d]) -> Result<Tensor> {
@@ -406,16 +454,20 @@ impl Backend for CpuBackend {
         })?;
         let per = x.numel() / n.max(1);
         let vs = host(v)?;
-        let mut y = host(x)?.to_vec();
+        let mut y = vec![0.0f32; x.numel()];
         // Runs of up to RUN_PIXELS pixels per task (never one task per pixel).
+        let xs = host(x)?;
         y.par_chunks_mut(RUN_PIXELS * c.max(1))
+            .zip(xs.par_chunks(RUN_PIXELS * c.max(1)))
             .enumerate()
-            .for_each(|(t, run)| {
-                for (j, row) in run.chunks_exact_mut(c.max(1)).enumerate() {
+            .for_each(|(t, (run, xr))| {
+                for (j, (row, xp)) in run
+                    .chunks_exact_mut(c.max(1))
+                    .zip(xr.chunks_exact(c.max(1)))
+                    .enumerate()
+                {
                     let b = (t * RUN_PIXELS + j) * c / per;
-                    for (o, a) in row.iter_mut().zip(&vs[b * c..(b + 1) * c]) {
-                        *o += a;
-                    }
+                    fastmath::add_into(row, xp, &vs[b * c..(b + 1) * c]);
                 }
             });
         Ok(Tensor::host(x.shape().to_vec(), y))

@@ -6,9 +6,12 @@ use rayon::prelude::*;
 use super::fastmath;
 
 /// Per-sample, per-group `(mean, 1/sqrt(var + eps))` of `[n, hw, c]` data, indexed
-/// `sample * groups + group`.
+/// `sample * groups + group`; of `x + add[sample]` (the sum rounded to f32 first, as a separate
+/// add would store it) when `add` (`[n, c]`) is given, without forming the sum.
+#[allow(clippy::too_many_arguments)]
 pub fn group_norm_stats(
     x: &[f32],
+    add: Option<&[f32]>,
     n: usize,
     hw: usize,
     c: usize,
@@ -17,13 +20,16 @@ pub fn group_norm_stats(
 ) -> Vec<(f32, f32)> {
     let cg = c / groups;
     let per = hw * c;
+    let zeros = vec![0.0f32; c];
     (0..n)
         .into_par_iter()
         .flat_map_iter(|b| {
             let xs = &x[b * per..(b + 1) * per];
             let mut s = vec![0.0f64; c];
             let mut ss = vec![0.0f64; c];
-            channel_sums(xs, &mut s, &mut ss);
+            // Adding 0.0 leaves every value (but a -0.0) as it is, and its square's sum too.
+            let ab = add.map_or(&zeros[..], |a| &a[b * c..(b + 1) * c]);
+            channel_sums(xs, ab, &mut s, &mut ss);
             let cnt = (hw * cg) as f64;
             (0..groups)
                 .map(|g| {
@@ -38,34 +44,37 @@ pub fn group_norm_stats(
         .collect()
 }
 
-/// Per channel, the f64 sums of the values and of their squares over the pixels of `xs`
-/// (`c = s.len()` channels per pixel), added to `s` and `ss`; vectorised where the CPU allows
-/// (the same additions in the same order either way).
-fn channel_sums(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+/// Per channel, the f64 sums of the values `x + add` (f32) and of their squares over the
+/// pixels of `xs` (`c = s.len()` channels per pixel), added to `s` and `ss`; vectorised where the
+/// CPU allows (the same additions in the same order either way).
+fn channel_sums(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
     #[inline(always)]
-    fn imp(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
+    fn imp(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
         let c = s.len();
         let ss = &mut ss[..c];
+        let add = &add[..c];
         // Blocks of 8 channels as fixed-size arrays (whole vectors for the usual 16-1024
         // channels); the same additions per channel, in pixel order, as a plain loop.
         let blocks = c / 8 * 8;
         for px in xs.chunks_exact(c) {
-            for ((sb, qb), pb) in s[..blocks]
+            for (((sb, qb), pb), ab) in s[..blocks]
                 .chunks_exact_mut(8)
                 .zip(ss[..blocks].chunks_exact_mut(8))
                 .zip(px[..blocks].chunks_exact(8))
+                .zip(add[..blocks].chunks_exact(8))
             {
                 let sb: &mut [f64; 8] = sb.try_into().unwrap();
                 let qb: &mut [f64; 8] = qb.try_into().unwrap();
                 let pb: &[f32; 8] = pb.try_into().unwrap();
+                let ab: &[f32; 8] = ab.try_into().unwrap();
                 for j in 0..8 {
-                    let v = pb[j] as f64;
+                    let v = (pb[j] + ab[j]) as f64;
                     sb[j] += v;
                     qb[j] += v * v;
                 }
             }
             for ch in blocks..c {
-                let v = px[ch] as f64;
+                let v = (px[ch] + add[ch]) as f64;
                 s[ch] += v;
                 ss[ch] += v * v;
             }
@@ -73,26 +82,26 @@ fn channel_sums(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
-        imp(xs, s, ss)
+    unsafe fn avx512(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
+        imp(xs, add, s, ss)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2(xs: &[f32], s: &mut [f64], ss: &mut [f64]) {
-        imp(xs, s, ss)
+    unsafe fn avx2(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
+        imp(xs, add, s, ss)
     }
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512(xs, s, ss) };
+            return unsafe { avx512(xs, add, s, ss) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(xs, s, ss) };
+            return unsafe { avx2(xs, add, s, ss) };
         }
     }
-    imp(xs, s, ss)
+    imp(xs, add, s, ss)
 }
 
 /// GroupNorm over `[n, hw, c]` data with `groups` groups, optionally followed by SiLU.
@@ -126,7 +135,7 @@ pub fn group_norm_modulated(
     ss: Option<&[f32]>,
     apply_silu: bool,
 ) -> Vec<f32> {
-    let per_channel = channel_stats(x, n, hw, c, groups, eps);
+    let per_channel = channel_stats(x, None, n, hw, c, groups, eps);
     let mut out = vec![0.0f32; x.len()];
     // Runs of pixels of one sample per task (at most 1024 floats' worth of pixels per run).
     let run = (1024 / c.max(1)).clamp(1, hw.max(1));
@@ -146,10 +155,12 @@ pub fn group_norm_modulated(
     out
 }
 
-/// Per sample, the group statistics repeated over each group's channels: `[n, 2c]`, the `c`
-/// means then the `c` values `1/sqrt(var + eps)`.
+/// Per sample, the group statistics (of `x + add[sample]` when `add`, `[n, c]`, is given)
+/// repeated over each group's channels: `[n, 2c]`, the `c` means then the `c` values
+/// `1/sqrt(var + eps)`.
 pub fn channel_stats(
     x: &[f32],
+    add: Option<&[f32]>,
     n: usize,
     hw: usize,
     c: usize,
@@ -157,7 +168,7 @@ pub fn channel_stats(
     eps: f32,
 ) -> Vec<f32> {
     let cg = c / groups;
-    let stats = group_norm_stats(x, n, hw, c, groups, eps);
+    let stats = group_norm_stats(x, add, n, hw, c, groups, eps);
     let mut per_channel = vec![0.0f32; n * 2 * c];
     for (b, mr) in per_channel.chunks_exact_mut(2 * c).enumerate() {
         for ch in 0..c {

@@ -98,8 +98,7 @@ impl ResnetBlock {
             let h = b.group_norm_scale_shift(&h, &self.norm2, &t, true)?;
             b.conv2d(&h, &self.conv2, Some(&skip))
         } else {
-            let h = b.add_per_sample(&h, &t)?;
-            b.norm_conv2d(&h, &self.norm2, true, &self.conv2, Some(&skip))
+            b.add_norm_conv2d(&h, &t, &self.norm2, true, &self.conv2, Some(&skip))
         }
     }
 }
