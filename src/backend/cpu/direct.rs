@@ -36,7 +36,7 @@ pub fn available() -> bool {
 /// Whether a layer of `cout` output channels is narrow enough for the direct kernel, and the
 /// CPU can run it. The map width must also be a multiple of 8 ([`width_ok`]).
 pub fn narrow(cout: usize) -> bool {
-    cout.is_multiple_of(16) && cout <= MAX_COUT && available()
+    cout > 0 && cout.is_multiple_of(16) && cout <= MAX_COUT && available()
 }
 
 /// Map widths the kernel handles (blocks of 8 or 16 output pixels).

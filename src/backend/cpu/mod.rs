@@ -70,6 +70,7 @@ fn uses_direct(spec: &ConvSpec) -> bool {
         && spec.stride == 1
         && spec.padding == 1
         && spec.pad_end == 0
+        && spec.cin > 0
         && direct::narrow(spec.cout)
 }
 
