@@ -1,5 +1,7 @@
 //! The CPU backend: f32, NHWC, multithreaded (rayon). It is both the fallback runtime and the
-//! reference every device kernel is tested against. Fused ops are the plain compositions.
+//! reference every device kernel is tested against. Fused ops are the plain compositions, except
+//! GroupNorm(+SiLU, + a per-sample add) before a narrow 3x3 convolution, which the direct kernel
+//! (`direct.rs`) applies while it reads its input rows, with the same arithmetic.
 
 mod attention;
 mod conv;
