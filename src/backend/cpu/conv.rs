@@ -1,7 +1,7 @@
 //! Convolution on the CPU: GEMM over L2-sized tiles of gathered input patches (never a whole
 //! im2col buffer); 1x1 stride-1 convolutions multiply the input directly; 3x3 stride-1 pad-1
-//! convolutions use Winograd F(2x2, 3x3) (16 multiplies per 2x2 outputs and channel pair instead
-//! of 36).
+//! convolutions use Winograd: F(4x4, 3x3) (`winograd4.rs`), or F(2x2, 3x3) for wide layers (16
+//! multiplies per 2x2 outputs and channel pair instead of 36; [`winograd_tile`]).
 //! Weights are kept as `[k*k*cin, cout]`, row index `(kh*k + kw)*cin + ci`, or for Winograd as
 //! the 16 transformed matrices `[16, cin, cout]` ([`winograd_weights`]).
 
@@ -119,6 +119,23 @@ pub fn uses_winograd(spec: &ConvSpec) -> bool {
         && spec.padding == 1
         && spec.pad_end == 0
         && *ON.get_or_init(|| std::env::var("UQENGINE_CPU_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// The Winograd tile of a [`uses_winograd`] convolution: 4 (F(4x4, 3x3), `winograd4.rs`) unless
+/// the layer is wide (`cin * cout >= 384 * 384`) or `UQENGINE_CPU_WINOGRAD=2` asks for
+/// F(2x2, 3x3). F(4x4)'s 36 weight matrices are 2.25 times F(2x2)'s 16; wide layers run on
+/// small maps, few tiles per call, where reading them costs more than the multiplies saved
+/// (batch 1, same run, F(2x2) -> F(4x4): 64x64 192->192 17.4 -> 9.1 ms, 128x128 256->256
+/// 89.6 -> 55.4 ms, 32x32 384->384 12.1 -> 12.5 ms, 16x16 576->576 10.1 -> 13.7 ms, 16x16
+/// 1024->1024 28.3 -> 69.7 ms).
+pub fn winograd_tile(spec: &ConvSpec) -> usize {
+    static F2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let f2 = *F2.get_or_init(|| std::env::var("UQENGINE_CPU_WINOGRAD").is_ok_and(|v| v == "2"));
+    if f2 || spec.cin * spec.cout >= 384 * 384 {
+        2
+    } else {
+        4
+    }
 }
 
 /// The Winograd weights `U_e = (G g G^T)_e`, `[16, cin, cout]`, from reordered 3x3 weights

@@ -8,6 +8,7 @@ mod conv;
 mod direct;
 mod fastmath;
 mod norm;
+mod winograd4;
 
 use rayon::prelude::*;
 
@@ -191,8 +192,13 @@ impl Backend for CpuBackend {
         // Winograd's 16 products per tile only pay with enough output channels: an output layer
         // (1-6 channels) is a matrix-vector product, cheaper as the gathered-patch GEMM.
         let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) && spec.cout >= 16 {
-            let u = conv::winograd_weights(spec.cin, spec.cout, &w);
-            Tensor::host(vec![16 * spec.cin, spec.cout], u)
+            if conv::winograd_tile(&spec) == 4 {
+                let u = winograd4::weights(spec.cin, spec.cout, &w);
+                Tensor::host(vec![36 * spec.cin, spec.cout], u)
+            } else {
+                let u = conv::winograd_weights(spec.cin, spec.cout, &w);
+                Tensor::host(vec![16 * spec.cin, spec.cout], u)
+            }
         } else {
             Tensor::host(vec![k * k * spec.cin, spec.cout], w)
         };
@@ -238,8 +244,12 @@ impl Backend for CpuBackend {
         let y = if direct_applies(conv, w) {
             let (wt, x) = (host(&conv.weight)?, host(x)?);
             direct::conv3x3(spec.cin, spec.cout, x, n, h, w, wt, bias, res, None)
+        } else if conv.weight.shape()[0] == 36 * spec.cin && spec.kernel == 3 {
+            // Prepared for Winograd F(4x4, 3x3) (conv::uses_winograd).
+            let u = host(&conv.weight)?;
+            winograd4::conv3x3_nhwc(spec.cin, spec.cout, host(x)?, n, h, w, u, bias, res)
         } else if conv.weight.shape()[0] == 16 * spec.cin && spec.kernel == 3 {
-            // Prepared for Winograd (conv::uses_winograd).
+            // Prepared for Winograd F(2x2, 3x3).
             let u = host(&conv.weight)?;
             conv::conv3x3_winograd_nhwc(spec.cin, spec.cout, host(x)?, n, h, w, u, bias, res)
         } else {
