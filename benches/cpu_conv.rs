@@ -12,6 +12,7 @@ use uqengine::backend::cpu::CpuBackend;
 use uqengine::backend::{Backend, ConvSpec};
 
 fn main() {
+    uqengine::backend::cpu::keep_freed_buffers();
     let b = CpuBackend::new();
     let adm = std::env::args().any(|a| a == "adm");
     if std::env::args().any(|a| a == "gemm") {

@@ -19,6 +19,7 @@ use uqengine::models::weights::Weights;
 use uqengine::rng::{Purpose, Stream};
 
 fn main() {
+    uqengine::backend::cpu::keep_freed_buffers();
     let mut config =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/ddpm_cifar10_32_config.json");
     let mut batch = 16usize;

@@ -788,28 +788,8 @@ fn cmd_convert(c: ConvertCommand) -> Result<()> {
     Ok(())
 }
 
-/// glibc returns every freed block above 128 KiB to the kernel and faults fresh zero pages in
-/// for the next one; a forward allocates and frees its activations op by op, so the binary keeps
-/// them in its heap instead (demo with uncertainty: 3.8 s of system time -> 0.4 s).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_buffers() {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    const M_TRIM_THRESHOLD: i32 = -1;
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 1 << 30);
-        mallopt(M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_buffers() {}
-
 fn main() -> ExitCode {
-    keep_freed_buffers();
+    uqengine::backend::cpu::keep_freed_buffers();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Sample(a) => cmd_sample(a),
