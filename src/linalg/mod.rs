@@ -4,6 +4,7 @@
 //! covariance square roots ([`symeig`]).
 pub mod cholesky;
 pub mod matmul;
+pub mod panel;
 pub mod symeig;
 
 pub use cholesky::{cholesky_lower, solve_lower_transpose_in_place};

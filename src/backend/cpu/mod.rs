@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::backend::{Activation, Backend, Conv2d, ConvSpec, Linear, Norm};
 use crate::error::{Error, Result};
+use crate::linalg::panel;
 use crate::tensor::Tensor;
 
 pub use attention::attention as attention_host;
@@ -214,13 +215,14 @@ impl Backend for CpuBackend {
         // Winograd's 16 products per tile only pay with enough output channels: an output layer
         // (1-6 channels) is a matrix-vector product, cheaper as the gathered-patch GEMM.
         let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) && spec.cout >= 16 {
-            if conv::winograd_tile(&spec) == 4 {
-                let u = winograd4::weights(spec.cin, spec.cout, &w);
-                Tensor::host(vec![36 * spec.cin, spec.cout], u)
+            // The transformed matrices packed for the product kernel, once.
+            let (e, u) = if conv::winograd_tile(&spec) == 4 {
+                (36, winograd4::weights(spec.cin, spec.cout, &w))
             } else {
-                let u = conv::winograd_weights(spec.cin, spec.cout, &w);
-                Tensor::host(vec![16 * spec.cin, spec.cout], u)
-            }
+                (16, conv::winograd_weights(spec.cin, spec.cout, &w))
+            };
+            let u = panel::pack_each(e, spec.cin, spec.cout, &u);
+            Tensor::host(vec![e * spec.cin, spec.cout.next_multiple_of(panel::NR)], u)
         } else {
             Tensor::host(vec![k * k * spec.cin, spec.cout], w)
         };

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::conv::{give_scratch, take_scratch, SendPtr};
-use crate::linalg::matmul::sgemm;
+use crate::linalg::panel;
 
 /// `G` of F(4x4, 3x3): `U = G g G^T` is the 6x6 transformed filter.
 const G: [[f64; 3]; 6] = [
@@ -321,7 +321,7 @@ fn isa() -> Isa {
 }
 
 /// NHWC 3x3 stride-1 pad-1 convolution by Winograd F(4x4, 3x3), `y = conv(x) + bias +
-/// residual`; `u`: [`weights`]. Tiles of 4x4 outputs are processed in parallel chunks; per chunk
+/// residual`; `u`: [`weights`], each of the 36 matrices packed ([`panel::pack_each`]). Tiles of 4x4 outputs are processed in parallel chunks; per chunk
 /// the 36 transformed products are 36 GEMMs `[tiles, cin] x [cin, cout]`, themselves in
 /// parallel when there are fewer chunks than twice the threads.
 #[allow(clippy::too_many_arguments)]
@@ -336,7 +336,8 @@ pub fn conv3x3_nhwc(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    assert!(x.len() >= n * h * w * cin && u.len() >= 36 * cin * cout);
+    let plen = panel::packed_len(cin, cout);
+    assert!(x.len() >= n * h * w * cin && u.len() >= 36 * plen);
     assert!(bias.is_none_or(|b| b.len() >= cout));
     assert!(residual.is_none_or(|r| r.len() >= n * h * w * cout));
     let g = Geometry {
@@ -374,13 +375,15 @@ pub fn conv3x3_nhwc(
         }
         let mut m = take_scratch(36 * tc * cout);
         let product = |(e, me): (usize, &mut [f32])| {
-            sgemm(
+            panel::sgemm(
                 tc,
                 cout,
                 cin,
                 &v[e * tc * cin..(e + 1) * tc * cin],
-                &u[e * cin * cout..(e + 1) * cin * cout],
+                cin,
+                &u[e * plen..(e + 1) * plen],
                 me,
+                cout,
                 false,
             );
         };
@@ -436,7 +439,7 @@ mod tests {
             let bias = values(cout, 3);
             let res = values(n * h * w * cout, 4);
             let wt = reorder_oihw(&spec, &oihw);
-            let u = weights(cin, cout, &wt);
+            let u = panel::pack_each(36, cin, cout, &weights(cin, cout, &wt));
             let got = conv3x3_nhwc(cin, cout, &x, n, h, w, &u, Some(&bias), Some(&res));
             let mut worst = 0.0f64;
             for b in 0..n {
