@@ -1,5 +1,6 @@
 //! `c[m, n] (+)= a[m, k] * b[k, n]` with `b` packed once (at model load) into column panels of
-//! 32: `[ceil(n / 32)][k][32]`, zero-padded. A convolution's weights are the `b` of every call,
+//! 32: `[ceil(n / 32)][k][32]`, zero-padded (below 32 columns `b` stays row-major and the
+//! general GEMM multiplies). A convolution's weights are the `b` of every call,
 //! so packing them at each call (as a general GEMM does) is wasted work, and for the few rows
 //! of a small map at batch 1 it costs more than the product. Per panel, blocks of up to 14 rows
 //! accumulate in 28 AVX-512 registers over all of k, reading the panel contiguously (it stays in
@@ -14,14 +15,28 @@ pub const NR: usize = 32;
 /// Rows per register block.
 const MR: usize = 14;
 
-/// The packed length of a `[k, n]` matrix.
-pub fn packed_len(k: usize, n: usize) -> usize {
-    n.div_ceil(NR) * k * NR
+/// The columns of a packed `[k, n]` matrix: `n` rounded up to whole panels, or `n` itself
+/// below one panel (kept row-major: an output layer of 1-16 channels is a matrix-vector product
+/// the general GEMM does better than a panel of padding).
+pub fn packed_cols(n: usize) -> usize {
+    if n < NR {
+        n
+    } else {
+        n.next_multiple_of(NR)
+    }
 }
 
-/// Pack row-major `b` (`[k, n]`) into panels.
+/// The packed length of a `[k, n]` matrix.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    k * packed_cols(n)
+}
+
+/// Pack row-major `b` (`[k, n]`) into panels (a copy when `n < NR`).
 pub fn pack(k: usize, n: usize, b: &[f32]) -> Vec<f32> {
     assert!(b.len() >= k * n);
+    if n < NR {
+        return b[..k * n].to_vec();
+    }
     let mut p = vec![0.0f32; packed_len(k, n)];
     for (pi, panel) in p.chunks_exact_mut(k * NR).enumerate() {
         let j0 = pi * NR;
@@ -75,6 +90,28 @@ pub fn sgemm(
     }
     assert!(lda >= k && ldc >= n && a.len() >= (m - 1) * lda + k);
     assert!(c.len() >= (m - 1) * ldc + n && bp.len() >= packed_len(k, n));
+    if n < NR {
+        // Kept row-major ([`packed_cols`]).
+        // SAFETY: sizes checked above; `bp` holds k rows of n floats.
+        unsafe {
+            super::matmul::sgemm_strided(
+                m,
+                n,
+                k,
+                a.as_ptr(),
+                lda as isize,
+                1,
+                bp.as_ptr(),
+                n as isize,
+                1,
+                c.as_mut_ptr(),
+                ldc as isize,
+                accumulate,
+                gemm::Parallelism::None,
+            )
+        };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         // SAFETY: the CPU has AVX-512F; sizes checked above.

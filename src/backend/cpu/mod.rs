@@ -222,7 +222,7 @@ impl Backend for CpuBackend {
                 (16, conv::winograd_weights(spec.cin, spec.cout, &w))
             };
             let u = panel::pack_each(e, spec.cin, spec.cout, &u);
-            Tensor::host(vec![e * spec.cin, spec.cout.next_multiple_of(panel::NR)], u)
+            Tensor::host(vec![e * spec.cin, panel::packed_cols(spec.cout)], u)
         } else {
             Tensor::host(vec![k * k * spec.cin, spec.cout], w)
         };
