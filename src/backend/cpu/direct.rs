@@ -151,11 +151,11 @@ pub fn conv3x3(
                 row[ci * plane] = 0.0;
                 row[ci * plane + w + 1] = 0.0;
             }
-            for (iw, v) in px.chunks_exact(cin).enumerate() {
-                for (ci, &a) in v.iter().enumerate() {
-                    row[ci * plane + iw + 1] = a;
-                }
-            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `narrow` checked AVX-512; `px` holds w pixels of cin, `row` cin planes.
+            unsafe {
+                to_channel_major(&px[..w * cin], cin, w, row, plane)
+            };
         }
         super::conv::give_scratch(line);
         super::conv::give_scratch(summed);
@@ -172,6 +172,34 @@ pub fn conv3x3(
     // SAFETY: the tasks wrote every element (all pixels of all bands, all channel blocks).
     unsafe { out.set_len(len) };
     out
+}
+
+/// `row[ci * plane + 1 + iw] = px[iw * cin + ci]`: one row of pixels to channel planes, 16
+/// pixels of a channel per gather and store (a scalar scatter cost ~1.5 cycles per value).
+/// Requires `w` a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn to_channel_major(px: &[f32], cin: usize, w: usize, row: &mut [f32], plane: usize) {
+    assert!(px.len() >= w * cin && row.len() >= cin * plane && plane >= w + 1);
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(cin as i32),
+    );
+    for ci in 0..cin {
+        let src = px.as_ptr().add(ci);
+        let dst = row.as_mut_ptr().add(ci * plane + 1);
+        let mut iw = 0;
+        while iw + 16 <= w {
+            let v = _mm512_i32gather_ps::<4>(idx, src.add(iw * cin));
+            _mm512_storeu_ps(dst.add(iw), v);
+            iw += 16;
+        }
+        if iw < w {
+            let m: __mmask16 = ((1u32 << (w - iw)) - 1) as __mmask16;
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, src.add(iw * cin));
+            _mm512_mask_storeu_ps(dst.add(iw), m, v);
+        }
+    }
 }
 
 /// One band: `rows` output rows from `pad` (`rows + 2` padded rows of `(w+2)*cin`) to `out`
