@@ -340,6 +340,47 @@ pub(super) fn give_scratch(v: Vec<f32>) {
     });
 }
 
+/// The `e` Winograd products of a chunk of `tc` tiles, `[e, tc, cout]` in a scratch buffer
+/// ([`give_scratch`] it back): `v` the transformed input `[e, tc, cin]`, `u` the `e` packed
+/// transformed weight matrices ([`panel::pack_each`]); in parallel over the products when
+/// `split` (few chunks), else on this thread.
+pub(super) fn winograd_products(
+    e: usize,
+    tc: usize,
+    cin: usize,
+    cout: usize,
+    v: &[f32],
+    u: &[f32],
+    split: bool,
+) -> Vec<f32> {
+    let plen = panel::packed_len(cin, cout);
+    assert!(v.len() >= e * tc * cin && u.len() >= e * plen);
+    let mut m = take_scratch(e * tc * cout);
+    let product = |(i, mi): (usize, &mut [f32])| {
+        panel::sgemm(
+            tc,
+            cout,
+            cin,
+            &v[i * tc * cin..(i + 1) * tc * cin],
+            cin,
+            &u[i * plen..(i + 1) * plen],
+            mi,
+            cout,
+            false,
+        );
+    };
+    let m_used = &mut m[..e * tc * cout];
+    if split {
+        m_used
+            .par_chunks_mut(tc * cout)
+            .enumerate()
+            .for_each(product);
+    } else {
+        m_used.chunks_mut(tc * cout).enumerate().for_each(product);
+    }
+    m
+}
+
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: the tasks that share one write disjoint elements.
@@ -413,25 +454,7 @@ pub fn conv3x3_winograd_nhwc(
             }
             input_tile(&d, &mut tmp, &mut v, cin, tc, j);
         }
-        let mut m = take_scratch(16 * tc * cout);
-        let product = |(e, me): (usize, &mut [f32])| {
-            panel::sgemm(
-                tc,
-                cout,
-                cin,
-                &v[e * tc * cin..(e + 1) * tc * cin],
-                cin,
-                &u[e * plen..(e + 1) * plen],
-                me,
-                cout,
-                false,
-            );
-        };
-        if split_products {
-            m.par_chunks_mut(tc * cout).enumerate().for_each(product);
-        } else {
-            m.chunks_mut(tc * cout).enumerate().for_each(product);
-        }
+        let m = winograd_products(16, tc, cin, cout, &v, u, split_products);
         // Y = A^T M A, A^T = [[1,1,1,0],[0,1,-1,-1]]: 4 outputs per tile and channel, in
         // tile order (row-major 2x2).
         give_scratch(v);
@@ -480,10 +503,11 @@ pub fn conv3x3_winograd_nhwc(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1) (shared with the other convolution tests).
+    pub(in crate::backend::cpu) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 let x = (i as u32)

@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{give_scratch, take_scratch, SendPtr};
+use super::conv::{give_scratch, take_scratch, winograd_products, SendPtr};
 use crate::linalg::panel;
 
 /// `G` of F(4x4, 3x3): `U = G g G^T` is the 6x6 transformed filter.
@@ -373,25 +373,7 @@ pub fn conv3x3_nhwc(
         unsafe {
             input_tiles(isa, x, g, cin, &zeros, v.as_mut_ptr(), t0, tc);
         }
-        let mut m = take_scratch(36 * tc * cout);
-        let product = |(e, me): (usize, &mut [f32])| {
-            panel::sgemm(
-                tc,
-                cout,
-                cin,
-                &v[e * tc * cin..(e + 1) * tc * cin],
-                cin,
-                &u[e * plen..(e + 1) * plen],
-                me,
-                cout,
-                false,
-            );
-        };
-        if split_products {
-            m.par_chunks_mut(tc * cout).enumerate().for_each(product);
-        } else {
-            m.chunks_mut(tc * cout).enumerate().for_each(product);
-        }
+        let m = winograd_products(36, tc, cin, cout, &v, u, split_products);
         give_scratch(v);
         // SAFETY: m holds 36 * tc * cout floats; the chunk's tiles cover output pixels that no
         // other task writes.
@@ -406,19 +388,9 @@ pub fn conv3x3_nhwc(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::conv::tests::values;
     use crate::backend::cpu::conv::{conv2d_nhwc, reorder_oihw};
     use crate::backend::ConvSpec;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2654435761)
-                    .wrapping_add(seed.wrapping_mul(40503));
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// F(4x4, 3x3) against the f64 definition of the convolution at sizes that are not
     /// multiples of 4 and channel counts with and without 16-channel blocks: a wrong transform
