@@ -180,7 +180,7 @@ pub fn conv3x3(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn to_channel_major(px: &[f32], cin: usize, w: usize, row: &mut [f32], plane: usize) {
-    assert!(px.len() >= w * cin && row.len() >= cin * plane && plane >= w + 1);
+    assert!(px.len() >= w * cin && row.len() >= cin * plane && plane > w);
     let idx = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(cin as i32),
