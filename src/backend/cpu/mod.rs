@@ -212,8 +212,8 @@ impl Backend for CpuBackend {
             format!("conv weights: {} values for {spec:?}", w_oihw.len())
         })?;
         let w = conv::reorder_oihw(&spec, w_oihw);
-        // Winograd's 16 products per tile only pay with enough output channels: an output layer
-        // (1-6 channels) is a matrix-vector product, cheaper as the gathered-patch GEMM.
+        // Winograd's 36 (16) products per tile only pay with enough output channels: an output
+        // layer (1-6 channels) is a matrix-vector product, cheaper as the gathered-patch GEMM.
         let weight = if conv::uses_winograd(&spec) && !uses_direct(&spec) && spec.cout >= 16 {
             // The transformed matrices packed for the product kernel, once.
             let (e, u) = if conv::winograd_tile(&spec) == 4 {
