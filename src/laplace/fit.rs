@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 use rayon::prelude::*;
 
 use super::{FitOptions, Hessian, Posterior, PosteriorParts};

@@ -1,7 +1,7 @@
-//! Row-major f32 matrix products on the `gemm` crate, and the row-parallel driver shared by
+//! Row-major f32 matrix products on the f32 kernels of the `gemm` family (`gemm-f32`), and the row-parallel driver shared by
 //! 1x1 convolutions, im2col-tiled convolutions and linear layers.
 
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 use rayon::prelude::*;
 
 /// `c[m, n] (+)= a[m, k] * b[k, n]` with explicit strides (elements). `accumulate` keeps the
@@ -38,10 +38,21 @@ pub unsafe fn sgemm_strided(
         }
         return;
     }
-    gemm::gemm(
-        m, n, k, c, 1, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false,
-        false, par,
-    );
+    debug_assert!(a_rs >= 0 && a_cs >= 0 && b_rs >= 0 && b_cs >= 0 && c_rs >= 0);
+    let kernel = gemm_f32::gemm::f32::get_gemm_fn();
+    // The micro-kernel prefers a column-major destination: a row-major c is computed as
+    // c^T = b^T a^T (the orientation rule of the `gemm` facade).
+    if c_rs > 1 {
+        kernel(
+            n, m, k, c, c_rs, 1, accumulate, b, b_rs, b_cs, a, a_rs, a_cs, 1.0, 1.0, false, false,
+            false, par,
+        );
+    } else {
+        kernel(
+            m, n, k, c, 1, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false,
+            false, par,
+        );
+    }
 }
 
 /// `c[m, n] (+)= a[m, k] * b[k, n]`, contiguous row-major slices.

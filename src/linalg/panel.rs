@@ -107,7 +107,7 @@ pub fn sgemm(
                 c.as_mut_ptr(),
                 ldc as isize,
                 accumulate,
-                gemm::Parallelism::None,
+                gemm_common::Parallelism::None,
             )
         };
         return;

@@ -1,7 +1,7 @@
 //! Scaled dot-product attention on the CPU: per (sample, head), `softmax(scale * q k^T) v`
 //! with two GEMMs and an f32 softmax in between ([`fastmath::softmax_row`]).
 
-use gemm::Parallelism;
+use gemm_common::Parallelism;
 use rayon::prelude::*;
 
 use super::fastmath;
