@@ -3,7 +3,7 @@
 //! with members, scores and a per-class keep (DDIM and the learned-variance DDPM, a member
 //! schedule), on the CPU and on the emulated CUDA device.
 
-mod common;
+use crate::common;
 
 use common::{arg as s, fixture, random_image_folder, uqengine_cli as uq};
 use uqengine::io::scores::read_csv;

@@ -6,7 +6,7 @@
 //! max|out|, 10-step samplers <= 1e-3 x max(1, max|out|), curvature <= 1e-4 x max|ref|. The
 //! emulated CUDA backend runs the same models against the CPU backend.
 
-mod common;
+use crate::common;
 
 use common::{fixture, npy};
 use uqengine::backend::cpu::CpuBackend;

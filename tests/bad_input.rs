@@ -1,7 +1,7 @@
 //! Bad input gives an error naming the file, key, shape or value; the CLI exits non-zero and
 //! leaves no output folder that looks complete.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

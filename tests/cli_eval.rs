@@ -4,7 +4,7 @@
 //! reference folder's feature cache is reused while the folder is unchanged and refreshed when
 //! it changes; bad input is a clear error.
 
-mod common;
+use crate::common;
 
 use common::{arg, fixture, uqengine_cli};
 use uqengine::backend::cpu::CpuBackend;

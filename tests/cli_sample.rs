@@ -2,7 +2,7 @@
 //! 10-step DDIM run from the same noise (`tools/make_unet_fixtures.py`), images are written, and
 //! a sample's result does not depend on the batch size.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

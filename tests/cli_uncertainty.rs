@@ -3,7 +3,7 @@
 //! (same 8-bit images, same extractor, same estimator, computed independently from the files);
 //! bad input is rejected without output.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@
 //! The emulation computes with the host's math library, so it must agree bit for bit; a GPU's
 //! `logf`/`sinf`/`cosf` differ from the host's by an ulp or two, which the noise tolerance allows.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

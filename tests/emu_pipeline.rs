@@ -5,7 +5,7 @@
 //! their scale.
 #![cfg(feature = "emu")]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

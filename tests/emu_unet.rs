@@ -4,7 +4,7 @@
 //! heads). The network runs in bf16 storage with f32 accumulation, so the tolerance is the
 //! bf16 one: max abs error <= 3e-2 x max |output| (the CPU backend meets 1e-4, tests/unet_parity.rs).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! and 5, to 1e-4 relative. The symmetric eigen-decomposition behind the Fréchet distance is
 //! checked by reconstruction.
 
-mod common;
+use crate::common;
 
 use common::fixture;
 use uqengine::eval::{evaluate, frechet_distance, load_features, prdc, FeatureSet};

@@ -12,7 +12,7 @@
 //! `png`); it holds valid seeds and the inputs that once made a reader panic, and
 //! `corpus_files_replay_without_panic` feeds every file of it to its reader.
 
-mod common;
+use crate::common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};

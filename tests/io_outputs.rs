@@ -1,7 +1,7 @@
 //! Output formats: 8-bit quantisation (against torch + diffusers' `numpy_to_pil`), PNG files,
 //! score tables, contact sheets, and the member-folder reader.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

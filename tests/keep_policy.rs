@@ -3,7 +3,7 @@
 //! end: keep.txt, keep/, the score table's kept column and summary.json agree with the policy
 //! recomputed from the written scores.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! intermediates (the GroupNorm prologue), and f32 summation order. Tolerance per op:
 //! `|got - want| <= atol * max|want| + rtol * |want|`, the constants written next to each test.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -761,4 +761,91 @@ fn extractor_preprocessing_on_the_device_equals_the_host_definition() {
             .to_string();
         assert!(e.contains("8x8x1") && e.contains("9x9x1"), "{e}");
     }
+}
+
+/// The AddressSanitizer check of CI runs these tests with `UQENGINE_EMU_LIB` naming the kernels
+/// built with ASan (tools/emu-asan.sh) and the ASan runtime preloaded. That check is only worth
+/// something if a kernel that writes outside its buffer makes the run fail: a child process
+/// copies 1001 floats into a buffer of 1000 with the `copy_f32` kernel and must die with ASan's
+/// report. `UQENGINE_REQUIRE_ASAN=1` (set by CI's ASan stage) turns a missing ASan library into a
+/// failure instead of a skip.
+#[cfg(feature = "emu")]
+#[test]
+fn an_out_of_bounds_kernel_write_is_caught_under_asan() {
+    use uqengine::backend::cuda::device::{DevBuf, LaunchCfg};
+    use uqengine::backend::cuda::emu::{kernel_library_has_asan, kernel_library_path, EmuDevice};
+    use uqengine::backend::cuda::kernels;
+
+    const CHILD: &str = "UQENGINE_ASAN_OOB_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let d = EmuDevice::new();
+        let x = DevBuf::<f32>::from_host(&d, &[1.5f32; 1001]).unwrap();
+        let mut y = DevBuf::<f32>::zeros(&d, 1000).unwrap();
+        let args = kernels::CopyF32Args {
+            x: x.ptr(),
+            y: y.ptr_mut(),
+            n: 1001,
+        };
+        kernels::copy_f32(&d, LaunchCfg::linear(1, 64), args).unwrap();
+        eprintln!("the out-of-bounds write went unnoticed");
+        return;
+    }
+    let required = std::env::var("UQENGINE_REQUIRE_ASAN").is_ok_and(|v| v == "1");
+    let asan = kernel_library_has_asan().unwrap();
+    if !asan {
+        assert!(
+            !required,
+            "UQENGINE_REQUIRE_ASAN=1 but the emulated kernels are not an ASan build \
+             (UQENGINE_EMU_LIB = {:?})",
+            kernel_library_path().unwrap()
+        );
+        eprintln!("skipping: the emulated kernels are not an ASan build (see tools/emu-asan.sh)");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "kernels_emu::an_out_of_bounds_kernel_write_is_caught_under_asan",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the child run passed: ASan did not stop the out-of-bounds write\n{stderr}"
+    );
+    assert!(
+        stderr.contains("AddressSanitizer: heap-buffer-overflow") && stderr.contains("WRITE"),
+        "the child failed, but not with ASan's heap-buffer-overflow on a write:\n{stderr}"
+    );
+}
+
+/// A kernel library that cannot be loaded is an error naming the variable and the file, not a
+/// crash and not a silent fall-back to the built-in kernels.
+#[cfg(feature = "emu")]
+#[test]
+fn an_unloadable_kernel_library_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bogus = tmp.path().join("not-a-library.so");
+    std::fs::write(&bogus, b"not an ELF file").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uqengine"))
+        .args(["sample", "--model"])
+        .arg(common::fixture("unet/gray_cond_multihead_f16/model"))
+        .args(["--num", "1", "--steps", "1", "--device", "emu", "--out"])
+        .arg(tmp.path().join("out"))
+        .env("UQENGINE_EMU_LIB", &bogus)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "sampling ran without its kernels: {stderr}");
+    assert!(
+        stderr.contains("UQENGINE_EMU_LIB") && stderr.contains("not-a-library.so"),
+        "the error names neither the variable nor the file: {stderr}"
+    );
+    assert!(
+        !tmp.path().join("out/summary.json").exists(),
+        "a failed run left a summary that looks complete"
+    );
 }

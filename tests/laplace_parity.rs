@@ -7,7 +7,7 @@
 //! (checked there to be `I_out ⊗ A` and the Hessian of 0.5 x the loss) for `ggn-kron`, and PIL
 //! for training-image loading.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

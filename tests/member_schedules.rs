@@ -5,7 +5,7 @@
 //! steps run the trunk on the member's own input), on the CPU backend and on the emulated CUDA
 //! backend. Bad schedule names and split points are errors naming them.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, fixture, max_abs_diff};
 use uqengine::backend::cpu::CpuBackend;

@@ -4,7 +4,7 @@
 //! writer, a stale one is taken over), a sample run's unfinished folder is not deleted by
 //! another job, and an I/O error states its cause once.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! byte for byte in samples.npy, scores.csv/json, keep.txt and every image; shards of different
 //! settings, missing shards and bad shard specs are refused, naming the problem.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! member order, so the only differences are the order of the sum over `d` and `ln` rounding:
 //! tolerance `|got - want| <= 1e-12 * max(1, |want|)`.
 
-mod common;
+use crate::common;
 
 use common::npy;
 use uqengine::uncertainty::{

@@ -3,7 +3,7 @@
 //! trajectories on three tiny random-weight models covering every supported block type,
 //! class conditioning, one and several heads, old and new attention names, f32/f16/bf16).
 
-mod common;
+use crate::common;
 
 use common::{assert_close, fixture, max_abs, max_abs_diff, npy};
 use uqengine::backend::cpu::CpuBackend;

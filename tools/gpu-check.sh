@@ -8,7 +8,8 @@
 #
 # Steps: install the CUDA tools (tools/install-cuda-tools.sh) unless ptxas/NVRTC are already
 # present; build with UQENGINE_REQUIRE_NVRTC=1; run the kernel tests on the GPU
-# (tests/kernels_emu.rs, tests/emu_selftest.rs, tests/device_sampler.rs); `ptxas -v` facts for
+# (the modules tests/kernels_emu.rs, tests/emu_selftest.rs, tests/device_sampler.rs of the
+# integration test binary); `ptxas -v` facts for
 # sm_90 (tools/ptxas-table.sh); the kernel benchmarks (benches/kernels.rs) next to PyTorch at the
 # same shapes when python3 has torch; end-to-end `sample` on the demo at K = 1 and K = 6 (images/s)
 # and the GPU against the CPU backend on 64 demo samples (max sample error, Spearman of the
@@ -32,7 +33,7 @@ if command -v cargo >/dev/null; then
     fi
     export UQENGINE_REQUIRE_NVRTC=1 UQENGINE_CUDA_ARCH="${UQENGINE_CUDA_ARCH:-compute_80}"
     log "building test binaries (UQENGINE_REQUIRE_NVRTC=1, $UQENGINE_CUDA_ARCH)"
-    { cargo test --release --no-run --message-format=json --test kernels_emu --test emu_selftest --test device_sampler &&
+    { cargo test --release --no-run --message-format=json --test integration &&
       cargo bench --no-run --message-format=json --bench kernels &&
       cargo build --release --message-format=json; } \
         >"$pre.json" 2>"$OUT/build.log" || { log "build failed: see build.log"; tail -30 "$OUT/build.log"; exit 1; }
@@ -52,11 +53,11 @@ for line in open(sys.argv[1]):
         for f in os.listdir(ptx) if os.path.isdir(ptx) else []:
             shutil.copy(os.path.join(ptx, f), os.path.join(out, "ptx", f))
 PY
-    strip "$pre"/kernels_emu "$pre"/emu_selftest "$pre"/device_sampler "$pre"/kernels "$pre"/uqengine 2>/dev/null || true
+    strip "$pre"/integration "$pre"/kernels "$pre"/uqengine 2>/dev/null || true
     log "binaries and PTX in $pre ($(du -sh "$pre" | cut -f1))"
 fi
 [[ $build_only == 1 ]] && exit 0
-[[ -x "$pre/kernels_emu" ]] || { log "no test binaries in $pre: run with cargo, or --build-only elsewhere and carry target/gpu-check"; exit 1; }
+[[ -x "$pre/integration" ]] || { log "no test binaries in $pre: run with cargo, or --build-only elsewhere and carry target/gpu-check"; exit 1; }
 
 # Run-time NVRTC (used only when the driver rejects the embedded PTX): a pip-installed copy will do.
 if [[ -z "${UQENGINE_CUDA_LIB:-}" ]]; then
@@ -67,7 +68,7 @@ nvidia-smi 2>&1 | head -15 >>"$OUT/summary.txt" || log "nvidia-smi failed"
 
 for t in emu_selftest kernels_emu device_sampler; do
     log "GPU tests: $t"
-    if "$pre/$t" --test-threads=1 --nocapture >"$OUT/test_$t.txt" 2>&1; then
+    if "$pre/integration" "$t::" --test-threads=1 --nocapture >"$OUT/test_$t.txt" 2>&1; then
         grep -E "^test result" "$OUT/test_$t.txt" | tee -a "$OUT/summary.txt"
     else
         status=1

@@ -1,10 +1,18 @@
 //! The emulated device: host memory, and the kernels compiled for the host with
 //! `kernels/uq_emu.h` (feature `emu`). Every kernel runs with the same launch geometry as on a
 //! GPU; launches are synchronous.
+//!
+//! `UQENGINE_EMU_LIB=<file.so>` runs every kernel from a shared library holding the same
+//! generated `uq_emu_<kernel>` wrappers instead of the copy linked into the binary:
+//! `tools/emu-asan.sh` builds one with AddressSanitizer from the build's generated sources, so the
+//! ASan check reuses the built tests instead of rebuilding the crate.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
-use super::device::{check_args, Device, KernelArg, KernelDef, LaunchCfg, RawBuf};
+use super::device::{check_args, Device, EmuFn, KernelArg, KernelDef, LaunchCfg, RawBuf};
 use crate::error::{Error, Result};
 
 /// The host-emulated CUDA device.
@@ -35,6 +43,79 @@ fn err(msg: String) -> Error {
         backend: "emu".into(),
         msg,
     }
+}
+
+/// The variable naming a shared library to run the emulated kernels from.
+pub const EMU_LIB_ENV: &str = "UQENGINE_EMU_LIB";
+
+/// A shared library of emulated kernels (see the module documentation).
+struct KernelLibrary {
+    path: PathBuf,
+    lib: libloading::Library,
+    fns: Mutex<HashMap<&'static str, EmuFn>>,
+}
+
+impl KernelLibrary {
+    fn get(&self, name: &'static str) -> Result<EmuFn> {
+        let mut fns = self.fns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&f) = fns.get(name) {
+            return Ok(f);
+        }
+        let symbol = format!("uq_emu_{name}\0");
+        // SAFETY: the library was built from this build's generated wrappers, which all have the
+        // `EmuFn` signature; the library lives as long as the process (a static).
+        let f = unsafe { self.lib.get::<EmuFn>(symbol.as_bytes()) }
+            .map(|sym| *sym)
+            .map_err(|e| {
+                err(format!(
+                    "kernel `{name}` not in {EMU_LIB_ENV}={}: {e} (rebuild it with \
+                     tools/emu-asan.sh after changing the kernels)",
+                    self.path.display()
+                ))
+            })?;
+        fns.insert(name, f);
+        Ok(f)
+    }
+}
+
+/// The library named by `UQENGINE_EMU_LIB`, loaded once; `None` when the variable is unset.
+fn kernel_library() -> Result<Option<&'static KernelLibrary>> {
+    static LIB: OnceLock<std::result::Result<Option<KernelLibrary>, String>> = OnceLock::new();
+    let lib = LIB.get_or_init(|| {
+        let Some(path) = std::env::var_os(EMU_LIB_ENV).filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(path);
+        // SAFETY: loading runs the library's initialisers; it is a build of this crate's
+        // kernels (tools/emu-asan.sh), with no other code.
+        unsafe { libloading::Library::new(&path) }
+            .map(|lib| {
+                Some(KernelLibrary {
+                    path: path.clone(),
+                    lib,
+                    fns: Mutex::new(HashMap::new()),
+                })
+            })
+            .map_err(|e| format!("{EMU_LIB_ENV}={}: cannot load it: {e}", path.display()))
+    });
+    match lib {
+        Ok(l) => Ok(l.as_ref()),
+        Err(e) => Err(err(e.clone())),
+    }
+}
+
+/// Where the emulated kernels run from: `Some(file)` when `UQENGINE_EMU_LIB` names a library
+/// (an error when it cannot be loaded), `None` for the kernels linked into this binary.
+pub fn kernel_library_path() -> Result<Option<&'static Path>> {
+    Ok(kernel_library()?.map(|l| l.path.as_path()))
+}
+
+/// Whether the kernel library of `UQENGINE_EMU_LIB` is built with AddressSanitizer.
+pub fn kernel_library_has_asan() -> Result<bool> {
+    Ok(kernel_library()?.is_some_and(|l| {
+        // SAFETY: only the symbol's presence is checked; it is never called.
+        unsafe { l.lib.get::<unsafe extern "C" fn()>(b"__asan_init\0") }.is_ok()
+    }))
 }
 
 fn check_range(buf: &RawBuf, offset: usize, len: usize) -> Result<()> {
@@ -86,9 +167,12 @@ impl Device for EmuDevice {
     }
     fn launch(&self, kernel: &KernelDef, cfg: LaunchCfg, args: &[KernelArg]) -> Result<()> {
         check_args(kernel, args)?;
-        let f = kernel
-            .emu
-            .ok_or_else(|| err(format!("kernel `{}` has no emulated twin", kernel.name)))?;
+        let f = match kernel_library()? {
+            Some(lib) => lib.get(kernel.name)?,
+            None => kernel
+                .emu
+                .ok_or_else(|| err(format!("kernel `{}` has no emulated twin", kernel.name)))?,
+        };
         let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
         if threads == 0 || threads > 1024 {
             return Err(err(format!(
