@@ -139,7 +139,12 @@ fn demo_norm_conv(b: &CpuBackend) {
         (8, 64, 64),
         (8, 128, 64),
     ];
-    let n = 96;
+    // UQENGINE_BENCH_BATCH: another batch (4 with RAYON_NUM_THREADS=1: one piece of the demo's
+    // trunk, as CpuBackend::run_in_pieces runs it).
+    let n: usize = std::env::var("UQENGINE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(96);
     for (hw, cin, cout) in shapes {
         let x: Vec<f32> = (0..n * hw * hw * cin)
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)

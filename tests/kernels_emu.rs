@@ -839,7 +839,10 @@ fn an_unloadable_kernel_library_is_a_clear_error() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "sampling ran without its kernels: {stderr}");
+    assert!(
+        !out.status.success(),
+        "sampling ran without its kernels: {stderr}"
+    );
     assert!(
         stderr.contains("UQENGINE_EMU_LIB") && stderr.contains("not-a-library.so"),
         "the error names neither the variable nor the file: {stderr}"

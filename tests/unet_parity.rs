@@ -131,3 +131,33 @@ fn ddpm_10_steps_matches_diffusers() {
         assert_close(name, &got, &want, 1e-3, 0.0);
     }
 }
+
+/// The CPU backend runs a batch's trunk in row pieces on its threads
+/// (`Backend::run_in_pieces`, pieces of at most half the batch on two or more threads): a 7-row
+/// batch gives what the whole batch run at once gives.
+#[test]
+fn trunk_in_pieces_equals_the_whole_batch() {
+    let (pieces, whole) = (CpuBackend::new(), CpuBackend::without_pieces());
+    for name in MODELS {
+        let m = load(name);
+        let (s, c) = (m.config.sample_size, m.config.in_channels);
+        let n = 7;
+        let x: Vec<f32> = (0..n * s * s * c)
+            .map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let t: Vec<f32> = (0..n).map(|i| (50 + 130 * i) as f32).collect();
+        let cls: Option<Vec<usize>> = m
+            .config
+            .num_class_embeds
+            .map(|k| (0..n).map(|i| i % k).collect());
+        let run = |b: &CpuBackend| {
+            let xt = b.upload(&[n, s, s, c], &x).unwrap();
+            b.download(&m.trunk(b, &xt, &t, cls.as_deref()).unwrap())
+                .unwrap()
+        };
+        let (got, want) = (run(&pieces), run(&whole));
+        // Rows are computed alike either way; only a GEMM's blocking over a different row count
+        // may round differently.
+        assert_close(name, &got, &want, 1e-5 * max_abs(&want), 1e-5);
+    }
+}

@@ -257,6 +257,22 @@ pub trait Backend: Send + Sync {
     /// Concatenate along the leading dimension.
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor>;
 
+    /// `f` over the batch (the leading dimension of every tensor in `inputs`, all of `n` rows),
+    /// concatenated along rows. A backend may run `f` on row pieces in parallel instead, each
+    /// small enough that its activations stay in a core's cache: `row_bytes` is the largest
+    /// activation of one row, `weight_bytes` what every piece reads again. `f` must treat rows
+    /// independently. Default: `f` on the whole batch.
+    fn run_in_pieces(
+        &self,
+        inputs: &[&Tensor],
+        row_bytes: u64,
+        weight_bytes: u64,
+        f: &(dyn Fn(&[Tensor]) -> Result<Tensor> + Sync),
+    ) -> Result<Tensor> {
+        let _ = (row_bytes, weight_bytes);
+        f(&inputs.iter().map(|&t| t.clone()).collect::<Vec<_>>())
+    }
+
     /// The members' last layers prepared for [`Backend::conv2d_member_stack`], once per run.
     /// Default: kept as they are (the CPU backend convolves member by member).
     fn prepare_members(&self, convs: &[Conv2d]) -> Result<Members> {

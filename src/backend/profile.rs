@@ -199,6 +199,16 @@ impl Backend for Profiled {
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
         self.time("concat_batch", || self.inner.concat_batch(parts))
     }
+    fn run_in_pieces(
+        &self,
+        inputs: &[&Tensor],
+        row_bytes: u64,
+        weight_bytes: u64,
+        f: &(dyn Fn(&[Tensor]) -> Result<Tensor> + Sync),
+    ) -> Result<Tensor> {
+        // Not timed itself: `f` calls this wrapper's ops, which are (summed over the pieces).
+        self.inner.run_in_pieces(inputs, row_bytes, weight_bytes, f)
+    }
     fn prepare_members(&self, convs: &[Conv2d]) -> Result<Members> {
         self.inner.prepare_members(convs)
     }

@@ -252,8 +252,92 @@ fn norm_pixels_impl(
     apply_silu: bool,
 ) {
     let c = mean.len();
+    if c.is_multiple_of(16) {
+        // Runs of 64 values (four 16-channel vectors, of one pixel or of consecutive ones) as
+        // one block: four independent chains through the exp polynomial and the division, which
+        // the core overlaps (one vector at a time left it waiting on each chain's latency). The
+        // arithmetic per value is that of `norm_pixel_impl`.
+        let n = x.len();
+        let (x, out) = (&x[..n], &mut out[..n]);
+        let mut i = 0;
+        while i + 64 <= n {
+            let xs: &[f32; 64] = x[i..i + 64].try_into().unwrap();
+            let mut v = [0.0f32; 64];
+            for q in 0..4 {
+                let ch = (i + 16 * q) % c;
+                norm_block16(
+                    &xs[16 * q..16 * q + 16],
+                    &mut v[16 * q..16 * q + 16],
+                    ch,
+                    c,
+                    mean,
+                    rstd,
+                    gamma,
+                    beta,
+                    ss,
+                );
+            }
+            if apply_silu {
+                for vj in v.iter_mut() {
+                    *vj = silu(*vj);
+                }
+            }
+            out[i..i + 64].copy_from_slice(&v);
+            i += 64;
+        }
+        while i < n {
+            let mut v = [0.0f32; 16];
+            norm_block16(&x[i..i + 16], &mut v, i % c, c, mean, rstd, gamma, beta, ss);
+            if apply_silu {
+                for vj in v.iter_mut() {
+                    *vj = silu(*vj);
+                }
+            }
+            out[i..i + 16].copy_from_slice(&v);
+            i += 16;
+        }
+        return;
+    }
     for (xi, o) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
         norm_pixel_impl(xi, o, mean, rstd, gamma, beta, ss, apply_silu);
+    }
+}
+
+/// The affine (+ scale-shift) part of [`norm_pixel_impl`] for channels `ch..ch + 16` of a pixel
+/// of `c` channels: `x` and `v` hold those 16 values.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn norm_block16(
+    x: &[f32],
+    v: &mut [f32],
+    ch: usize,
+    c: usize,
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    ss: Option<&[f32]>,
+) {
+    let r = ch..ch + 16;
+    let xs: &[f32; 16] = x.try_into().unwrap();
+    let v: &mut [f32; 16] = v.try_into().unwrap();
+    let (m, rs): (&[f32; 16], &[f32; 16]) = (
+        mean[r.clone()].try_into().unwrap(),
+        rstd[r.clone()].try_into().unwrap(),
+    );
+    let (g, b): (&[f32; 16], &[f32; 16]) = (
+        gamma[r.clone()].try_into().unwrap(),
+        beta[r.clone()].try_into().unwrap(),
+    );
+    for j in 0..16 {
+        v[j] = (xs[j] - m[j]) * rs[j] * g[j] + b[j];
+    }
+    if let Some(ss) = ss {
+        let sc: &[f32; 16] = ss[r].try_into().unwrap();
+        let sh: &[f32; 16] = ss[c + ch..c + ch + 16].try_into().unwrap();
+        for j in 0..16 {
+            v[j] = v[j] * (1.0 + sc[j]) + sh[j];
+        }
     }
 }
 

@@ -59,12 +59,26 @@ pub fn keep_freed_buffers() {
 pub fn keep_freed_buffers() {}
 
 /// The CPU backend.
-#[derive(Default, Clone, Debug)]
-pub struct CpuBackend;
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    /// Whether [`Backend::run_in_pieces`] may split a batch ([`piece_rows`]).
+    pieces: bool,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
+    }
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { pieces: true }
+    }
+    /// A CPU backend that runs every batch whole (no [`Backend::run_in_pieces`] pieces), for
+    /// comparisons.
+    pub fn without_pieces() -> Self {
+        CpuBackend { pieces: false }
     }
 }
 
@@ -188,6 +202,35 @@ impl CpuBackend {
         let y = direct::conv3x3(c, cout, xs, n, h, w, wt, bias, res, Some(&pro));
         Ok(Tensor::host(vec![n, h, w, cout], y))
     }
+}
+
+/// Rows per piece for [`CpuBackend::run_in_pieces`] (the whole batch `n`: no pieces). Pieces pay
+/// when a piece's working set (about four activations of `row_bytes` per row) fits a core's L2
+/// cache (2 MiB assumed) and the weights every piece reads again are small (at most 16 MiB);
+/// otherwise each piece would stream the weights once more. `UQENGINE_CPU_PIECE_ROWS=R` forces
+/// R rows per piece (0: no pieces), for comparisons.
+pub fn piece_rows(n: usize, row_bytes: u64, weight_bytes: u64) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("UQENGINE_CPU_PIECE_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    let n = n.max(1);
+    match forced {
+        Some(0) => return n,
+        Some(r) => return r.min(n),
+        None => {}
+    }
+    const L2: u64 = 2 << 20;
+    const MAX_WEIGHTS: u64 = 16 << 20;
+    let threads = rayon::current_num_threads();
+    if threads < 2 || weight_bytes > MAX_WEIGHTS || row_bytes == 0 {
+        return n;
+    }
+    let fit = (L2 / (4 * row_bytes)).max(1) as usize;
+    // At least one piece per thread.
+    fit.min(n.div_ceil(threads)).max(1)
 }
 
 impl Backend for CpuBackend {
@@ -601,6 +644,53 @@ impl Backend for CpuBackend {
                 }
             });
         Ok(Tensor::host(vec![n, h, w, c], y))
+    }
+
+    /// Pieces of [`piece_rows`] rows, run in parallel on the thread pool: each piece's ops then
+    /// run on one core with activations that stay in its L2 cache, instead of every op streaming
+    /// the whole batch through memory (small models, large batches: the demo's members).
+    fn run_in_pieces(
+        &self,
+        inputs: &[&Tensor],
+        row_bytes: u64,
+        weight_bytes: u64,
+        f: &(dyn Fn(&[Tensor]) -> Result<Tensor> + Sync),
+    ) -> Result<Tensor> {
+        let n = inputs
+            .first()
+            .map_or(0, |t| t.shape().first().copied().unwrap_or(0));
+        for t in inputs {
+            check(t.shape().first() == Some(&n), || {
+                format!("run_in_pieces: inputs of {:?} and {n} rows", t.shape())
+            })?;
+        }
+        let rows = if self.pieces {
+            piece_rows(n, row_bytes, weight_bytes)
+        } else {
+            n
+        };
+        if rows >= n {
+            return f(&inputs.iter().map(|&t| t.clone()).collect::<Vec<_>>());
+        }
+        let starts: Vec<usize> = (0..n).step_by(rows).collect();
+        let outs = starts
+            .par_iter()
+            .map(|&s| {
+                let len = rows.min(n - s);
+                let piece = inputs
+                    .iter()
+                    .map(|t| {
+                        let data = host(t)?;
+                        let per = data.len() / n;
+                        let mut shape = t.shape().to_vec();
+                        shape[0] = len;
+                        Ok(Tensor::host(shape, data[s * per..(s + len) * per].to_vec()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                f(&piece)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.concat_batch(&outs)
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {

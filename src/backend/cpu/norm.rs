@@ -48,32 +48,47 @@ pub fn group_norm_stats(
 /// pixels of `xs` (`c = s.len()` channels per pixel), added to `s` and `ss`; vectorised where the
 /// CPU allows (the same additions in the same order either way).
 fn channel_sums(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
+    /// Blocks of `W` channels (whole vectors): every pixel of the block's channels added into
+    /// accumulators held in registers, channel block by channel block. Per channel the additions
+    /// are those of a plain loop over the pixels, in pixel order.
+    #[inline(always)]
+    fn block<const W: usize>(
+        xs: &[f32],
+        add: &[f32],
+        s: &mut [f64],
+        ss: &mut [f64],
+        k: usize,
+        c: usize,
+    ) {
+        let mut sa: [f64; W] = s[k..k + W].try_into().unwrap();
+        let mut qa: [f64; W] = ss[k..k + W].try_into().unwrap();
+        let ab: &[f32; W] = add[k..k + W].try_into().unwrap();
+        for px in xs.chunks_exact(c) {
+            let pb: &[f32; W] = px[k..k + W].try_into().unwrap();
+            for j in 0..W {
+                let v = (pb[j] + ab[j]) as f64;
+                sa[j] += v;
+                qa[j] += v * v;
+            }
+        }
+        s[k..k + W].copy_from_slice(&sa);
+        ss[k..k + W].copy_from_slice(&qa);
+    }
     #[inline(always)]
     fn imp(xs: &[f32], add: &[f32], s: &mut [f64], ss: &mut [f64]) {
         let c = s.len();
-        let ss = &mut ss[..c];
-        let add = &add[..c];
-        // Blocks of 8 channels as fixed-size arrays (whole vectors for the usual 16-1024
-        // channels); the same additions per channel, in pixel order, as a plain loop.
-        let blocks = c / 8 * 8;
-        for px in xs.chunks_exact(c) {
-            for (((sb, qb), pb), ab) in s[..blocks]
-                .chunks_exact_mut(8)
-                .zip(ss[..blocks].chunks_exact_mut(8))
-                .zip(px[..blocks].chunks_exact(8))
-                .zip(add[..blocks].chunks_exact(8))
-            {
-                let sb: &mut [f64; 8] = sb.try_into().unwrap();
-                let qb: &mut [f64; 8] = qb.try_into().unwrap();
-                let pb: &[f32; 8] = pb.try_into().unwrap();
-                let ab: &[f32; 8] = ab.try_into().unwrap();
-                for j in 0..8 {
-                    let v = (pb[j] + ab[j]) as f64;
-                    sb[j] += v;
-                    qb[j] += v * v;
-                }
-            }
-            for ch in blocks..c {
+        let (ss, add) = (&mut ss[..c], &add[..c]);
+        let mut k = 0;
+        while k + 16 <= c {
+            block::<16>(xs, add, s, ss, k, c);
+            k += 16;
+        }
+        while k + 8 <= c {
+            block::<8>(xs, add, s, ss, k, c);
+            k += 8;
+        }
+        for ch in k..c {
+            for px in xs.chunks_exact(c) {
                 let v = (px[ch] + add[ch]) as f64;
                 s[ch] += v;
                 ss[ch] += v * v;

@@ -426,6 +426,8 @@ impl UNet {
 
     /// [`UNet::trunk`] from the model's input as it enters `conv_in` (already centered for a
     /// model with `center_input_sample`) and the embedding (from [`UNet::embedding_from`]).
+    /// Rows are independent, so the backend may run the batch in pieces
+    /// ([`Backend::run_in_pieces`]).
     pub fn trunk_from(&self, b: &dyn Backend, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let n = self.check_input(x)?;
         if temb.shape().first() != Some(&n) {
@@ -434,6 +436,33 @@ impl UNet {
                 temb.shape()
             )));
         }
+        b.run_in_pieces(
+            &[x, temb],
+            self.widest_activation_bytes_per_sample(),
+            self.num_params as u64 * 4,
+            &|p| self.trunk_rows(b, &p[0], &p[1]),
+        )
+    }
+
+    /// The largest activation of one sample (f32 bytes): the widest level, doubled for the
+    /// up path's concatenation with the skip.
+    fn widest_activation_bytes_per_sample(&self) -> u64 {
+        let c = &self.config;
+        let widest = c
+            .block_out_channels
+            .iter()
+            .enumerate()
+            .map(|(l, &ch)| {
+                let side = (c.sample_size >> l) as u64;
+                ch as u64 * side * side
+            })
+            .max()
+            .unwrap_or(0);
+        2 * widest * 4
+    }
+
+    /// [`UNet::trunk_from`] on all rows at once.
+    fn trunk_rows(&self, b: &dyn Backend, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let mut h = b.conv2d(x, &self.conv_in, None)?;
         let mut skips = vec![h.clone()];
         for blk in &self.down {
