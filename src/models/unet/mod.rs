@@ -22,7 +22,7 @@ use resnet::{Resample, ResnetBlock, ResnetSpec};
 /// a resampling resnet (`downsample_type`/`upsample_type` "resnet", ADM's `resblock_updown`).
 enum Sampler {
     Conv(Conv2d),
-    Resnet(ResnetBlock),
+    Resnet(Box<ResnetBlock>),
 }
 
 struct DownBlock {
@@ -151,11 +151,11 @@ impl UNet {
             let downsample = if last {
                 None
             } else if cfg.resnet_downsample {
-                Some(Sampler::Resnet(ResnetBlock::load(
+                Some(Sampler::Resnet(Box::new(ResnetBlock::load(
                     b,
                     &v.pp("downsamplers").pp(0),
                     spec(out_ch, out_ch, Resample::Down),
-                )?))
+                )?)))
             } else {
                 let p = cfg.downsample_padding;
                 let spec = ConvSpec {
@@ -236,11 +236,11 @@ impl UNet {
             let upsample = if i + 1 == ch.len() {
                 None
             } else if cfg.resnet_upsample {
-                Some(Sampler::Resnet(ResnetBlock::load(
+                Some(Sampler::Resnet(Box::new(ResnetBlock::load(
                     b,
                     &v.pp("upsamplers").pp(0),
                     spec(out_ch, out_ch, Resample::Up),
-                )?))
+                )?)))
             } else {
                 Some(Sampler::Conv(layers::conv(
                     b,
