@@ -39,6 +39,14 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// [`silu`] of every value of a block (whole vectors for the block's fixed size).
+#[inline(always)]
+fn silu_all<const N: usize>(v: &mut [f32; N]) {
+    for vj in v.iter_mut() {
+        *vj = silu(*vj);
+    }
+}
+
 /// Lanes of the partial maxima and sums (independent accumulators the compiler vectorises).
 const LANES: usize = 16;
 
@@ -112,33 +120,12 @@ fn norm_pixel_impl(
     };
     let mut ch = 0;
     while ch + 16 <= c {
-        let r = ch..ch + 16;
-        let xs: &[f32; 16] = x[r.clone()].try_into().unwrap();
-        let (m, rs): (&[f32; 16], &[f32; 16]) = (
-            mean[r.clone()].try_into().unwrap(),
-            rstd[r.clone()].try_into().unwrap(),
-        );
-        let (g, b): (&[f32; 16], &[f32; 16]) = (
-            gamma[r.clone()].try_into().unwrap(),
-            beta[r.clone()].try_into().unwrap(),
-        );
         let mut v = [0.0f32; 16];
-        for j in 0..16 {
-            v[j] = (xs[j] - m[j]) * rs[j] * g[j] + b[j];
-        }
-        if let Some(ss) = ss {
-            let sc: &[f32; 16] = ss[r.clone()].try_into().unwrap();
-            let sh: &[f32; 16] = ss[c + ch..c + ch + 16].try_into().unwrap();
-            for j in 0..16 {
-                v[j] = v[j] * (1.0 + sc[j]) + sh[j];
-            }
-        }
+        norm_block16(&x[ch..ch + 16], &mut v, ch, c, mean, rstd, gamma, beta, ss);
         if apply_silu {
-            for vj in v.iter_mut() {
-                *vj = silu(*vj);
-            }
+            silu_all(&mut v);
         }
-        out[r].copy_from_slice(&v);
+        out[ch..ch + 16].copy_from_slice(&v);
         ch += 16;
     }
     for k in ch..c {
@@ -278,9 +265,7 @@ fn norm_pixels_impl(
                 );
             }
             if apply_silu {
-                for vj in v.iter_mut() {
-                    *vj = silu(*vj);
-                }
+                silu_all(&mut v);
             }
             out[i..i + 64].copy_from_slice(&v);
             i += 64;
@@ -289,9 +274,7 @@ fn norm_pixels_impl(
             let mut v = [0.0f32; 16];
             norm_block16(&x[i..i + 16], &mut v, i % c, c, mean, rstd, gamma, beta, ss);
             if apply_silu {
-                for vj in v.iter_mut() {
-                    *vj = silu(*vj);
-                }
+                silu_all(&mut v);
             }
             out[i..i + 16].copy_from_slice(&v);
             i += 16;
