@@ -102,10 +102,14 @@ fn max_abs(a: &[f32]) -> f32 {
 
 /// RGB u8 pixels of a PNG: (height, width, data).
 fn read_png_rgb(path: &Path) -> (usize, usize, Vec<u8>) {
-    let img = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .to_rgb8();
-    (img.height() as usize, img.width() as usize, img.into_raw())
+    let (px, h, w, c) = uqengine::io::members::load_png_u8(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rgb = if c == 1 {
+        px.iter().flat_map(|&v| [v; 3]).collect()
+    } else {
+        px
+    };
+    (h, w, rgb)
 }
 
 fn photo() -> (usize, usize, Vec<u8>) {

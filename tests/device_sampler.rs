@@ -340,11 +340,9 @@ fn nothing_crosses_between_host_and_device_per_step() {
     let data = tmp.path().join("data");
     for i in 0..2u32 {
         std::fs::create_dir_all(data.join(format!("{i}"))).unwrap();
-        image::GrayImage::from_fn(8, 8, |x, y| {
-            image::Luma([((x * 29 + y * 13 + i * 70) % 256) as u8])
-        })
-        .save(data.join(format!("{i}/{i}.png")))
-        .unwrap();
+        common::write_gray_png(&data.join(format!("{i}/{i}.png")), 8, 8, |x, y| {
+            ((x * 29 + y * 13 + i * 70) % 256) as u8
+        });
     }
     let post = tmp.path().join("post.safetensors");
     let (ok, err) = uqengine_cli(&[

@@ -39,11 +39,9 @@ fn emulated_cuda_pipeline_matches_cpu_pipeline() {
     let data = tmp.path().join("data");
     for i in 0..4u32 {
         std::fs::create_dir_all(data.join(format!("{i}"))).unwrap();
-        image::GrayImage::from_fn(8, 8, |x, y| {
-            image::Luma([((x * 31 + y * 17 + i * 50) % 256) as u8])
-        })
-        .save(data.join(format!("{i}/{i}.png")))
-        .unwrap();
+        common::write_gray_png(&data.join(format!("{i}/{i}.png")), 8, 8, |x, y| {
+            ((x * 31 + y * 17 + i * 50) % 256) as u8
+        });
     }
     let post = tmp.path().join("post.safetensors");
     fit_on_cpu(&model, &data, &post);

@@ -312,9 +312,7 @@ fn score_tables_and_member_images_never_panic() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("seed.png");
-    image::GrayImage::from_fn(6, 5, |x, y| image::Luma([(x * 40 + y) as u8]))
-        .save(&png)
-        .unwrap();
+    common::write_gray_png(&png, 6, 5, |x, y| (x * 40 + y) as u8);
     let target = tmp.path().join("m.png");
     fuzz("png", &[png], |b| {
         std::fs::write(&target, b).unwrap();

@@ -111,13 +111,8 @@ fn png_round_trips_rgb_and_gray_and_leaves_no_temporary_file() {
         let px: Vec<u8> = (0..h * w * c).map(|i| (i * 37 % 256) as u8).collect();
         let path = tmp.path().join(format!("img{c}.png"));
         write_png(&path, &px, h, w, c).unwrap();
-        let img = image::open(&path).unwrap();
-        assert_eq!((img.height() as usize, img.width() as usize), (h, w));
-        let back = if c == 1 {
-            img.into_luma8().into_raw()
-        } else {
-            img.into_rgb8().into_raw()
-        };
+        let (back, bh, bw, bc) = common::read_image(&path);
+        assert_eq!((bh, bw, bc), (h, w, c));
         assert_eq!(back, px);
     }
     let names: Vec<String> = std::fs::read_dir(tmp.path())
@@ -369,12 +364,9 @@ fn contact_sheet_rejects_bad_input_and_writes_png() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sheet.png");
     let sheet = write_contact_sheet(&path, &images, &[1.5], &[0], 1, 32, Some("top")).unwrap();
-    let back = image::open(&path).unwrap().into_rgb8();
-    assert_eq!(
-        (back.width() as usize, back.height() as usize),
-        (sheet.width, sheet.height)
-    );
-    assert_eq!(back.into_raw(), sheet.pixels);
+    let (back, h, w, c) = common::read_image(&path);
+    assert_eq!((w, h, c), (sheet.width, sheet.height, 3));
+    assert_eq!(back, sheet.pixels);
 }
 
 // ---------------------------------------------------------------------------------------------

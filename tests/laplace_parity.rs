@@ -102,11 +102,10 @@ fn temp_dir() -> tempfile::TempDir {
 }
 
 fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
-    let img = image::GrayImage::from_fn(w, h, |x, y| {
-        image::Luma([((x * 31 + y * 17 + seed * 57) % 256) as u8])
-    });
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    img.save(path).unwrap();
+    common::write_gray_png(path, w, h, |x, y| {
+        ((x * 31 + y * 17 + seed * 57) % 256) as u8
+    });
 }
 
 #[test]

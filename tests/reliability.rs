@@ -341,9 +341,7 @@ fn resume_refuses_changed_inputs_and_takes_over_a_stale_lock() {
     let members = tmp.path().join("members");
     for m in 0..2 {
         std::fs::create_dir_all(members.join(format!("{m}/imgs"))).unwrap();
-        image::GrayImage::new(8, 8)
-            .save(members.join(format!("{m}/imgs/00000.png")))
-            .unwrap();
+        common::write_gray_png(&members.join(format!("{m}/imgs/00000.png")), 8, 8, |_, _| 0);
     }
     let (ok, log) = uqengine_cli(&[
         "score",

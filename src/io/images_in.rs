@@ -131,17 +131,12 @@ pub fn load_training_image(
             ),
         });
     }
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::Image {
-            path: path.to_path_buf(),
-            msg: format!("cannot decode image: {e}"),
-        })?;
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = crate::io::codec::decode(&bytes).map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        msg: format!("cannot decode image: {e}"),
+    })?;
+    let (w, h) = (img.w, img.h);
     if w < size || h < size {
         return Err(Error::Image {
             path: path.to_path_buf(),
@@ -151,9 +146,14 @@ pub fn load_training_image(
             ),
         });
     }
+    // Gray files as RGB (each value three times), as the luma of their RGB is the value again.
+    let raw: Vec<u8> = if img.c == 1 {
+        img.pixels.iter().flat_map(|&v| [v; 3]).collect()
+    } else {
+        img.pixels
+    };
     let top = center_crop_offset(h, size);
     let left = center_crop_offset(w, size);
-    let raw = rgb.as_raw();
     let mut out = Vec::with_capacity(size * size * channels);
     let to_model = |v: u8| (f32::from(v) / 255.0 - 0.5) / 0.5;
     for y in 0..size {

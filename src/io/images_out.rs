@@ -2,9 +2,6 @@
 
 use std::path::Path;
 
-use image::codecs::png::PngEncoder;
-use image::{ExtendedColorType, ImageEncoder};
-
 use crate::error::{Error, Result};
 use crate::io::fs::write_atomic;
 
@@ -23,15 +20,11 @@ pub fn to_u8(x: &[f32]) -> Vec<u8> {
 
 /// Encode an 8-bit image (`[H, W, C]`, C = 1 gray or 3 RGB) as PNG bytes.
 pub fn encode_png(hwc: &[u8], h: usize, w: usize, c: usize) -> Result<Vec<u8>> {
-    let color = match c {
-        1 => ExtendedColorType::L8,
-        3 => ExtendedColorType::Rgb8,
-        _ => {
-            return Err(Error::arg(format!(
-                "PNG output supports 1 or 3 channels, got {c}"
-            )))
-        }
-    };
+    if c != 1 && c != 3 {
+        return Err(Error::arg(format!(
+            "PNG output supports 1 or 3 channels, got {c}"
+        )));
+    }
     if hwc.len() != h * w * c {
         return Err(Error::arg(format!(
             "PNG output: {} bytes for an image of {h}x{w}x{c} (expected {})",
@@ -47,11 +40,8 @@ pub fn encode_png(hwc: &[u8], h: usize, w: usize, c: usize) -> Result<Vec<u8>> {
             )))
         }
     };
-    let mut out = Vec::new();
-    PngEncoder::new(&mut out)
-        .write_image(hwc, w32, h32, color)
-        .map_err(|e| Error::arg(format!("PNG encoding of a {h}x{w}x{c} image failed: {e}")))?;
-    Ok(out)
+    crate::io::codec::encode_png(hwc, h32, w32, c)
+        .map_err(|e| Error::arg(format!("PNG encoding of a {h}x{w}x{c} image failed: {e}")))
 }
 
 /// Write an 8-bit image (`[H, W, C]`, C = 1 or 3) to `path` as PNG, atomically (temporary file in

@@ -174,13 +174,7 @@ pub fn load_png_u8(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
 /// Decode the bytes of an image file (PNG, or JPEG) as [`load_png_u8`] does; `path` names them
 /// in errors. Any input gives an image or an error, never a panic.
 pub fn decode_png_u8(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
-    let img = image::load_from_memory(bytes)
+    let d = crate::io::codec::decode(bytes)
         .map_err(|e| err(path, format!("cannot decode image: {e}")))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let gray = matches!(img.color(), image::ColorType::L8 | image::ColorType::L16);
-    if gray {
-        Ok((img.into_luma8().into_raw(), h, w, 1))
-    } else {
-        Ok((img.into_rgb8().into_raw(), h, w, 3))
-    }
+    Ok((d.pixels, d.h, d.w, d.c))
 }

@@ -1,4 +1,5 @@
 //! Files: .npy arrays, images, score tables, contact sheets, and atomic writes.
+pub mod codec;
 pub mod contact_sheet;
 pub mod font;
 pub mod fs;

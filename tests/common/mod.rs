@@ -89,14 +89,17 @@ pub fn random_image_folder(root: &std::path::Path, n: usize, size: u32, seed: u6
     for i in 0..n {
         let class = i % 10;
         std::fs::create_dir_all(dir.join(class.to_string())).unwrap();
-        let img = image::GrayImage::from_fn(size, size, |_, _| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            image::Luma([(state >> 56) as u8])
-        });
-        img.save(dir.join(class.to_string()).join(format!("{i:03}.png")))
-            .unwrap();
+        write_gray_png(
+            &dir.join(class.to_string()).join(format!("{i:03}.png")),
+            size,
+            size,
+            |_, _| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            },
+        );
     }
     dir
 }
@@ -116,4 +119,21 @@ pub fn fit_on_cpu(model: &std::path::Path, data: &std::path::Path, post: &std::p
         "cpu",
     ]);
     assert!(ok, "fit: {log}");
+}
+
+/// Write an 8-bit gray PNG of `w x h` pixels with values `f(x, y)` (rows top to bottom).
+pub fn write_gray_png(path: &std::path::Path, w: u32, h: u32, mut f: impl FnMut(u32, u32) -> u8) {
+    let mut px = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            px.push(f(x, y));
+        }
+    }
+    uqengine::io::images_out::write_png(path, &px, h as usize, w as usize, 1)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// An image file's 8-bit pixels: `(pixels [h, w, c], h, w, c)`, c = 1 or 3.
+pub fn read_image(path: &std::path::Path) -> (Vec<u8>, usize, usize, usize) {
+    uqengine::io::members::load_png_u8(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
