@@ -146,12 +146,6 @@ pub fn load_training_image(
             ),
         });
     }
-    // Gray files as RGB (each value three times), as the luma of their RGB is the value again.
-    let raw: Vec<u8> = if img.c == 1 {
-        img.pixels.iter().flat_map(|&v| [v; 3]).collect()
-    } else {
-        img.pixels
-    };
     let top = center_crop_offset(h, size);
     let left = center_crop_offset(w, size);
     let mut out = Vec::with_capacity(size * size * channels);
@@ -159,8 +153,14 @@ pub fn load_training_image(
     for y in 0..size {
         for x in 0..size {
             let sx = if flip { size - 1 - x } else { x };
-            let i = ((top + y) * w + left + sx) * 3;
-            let (r, g, b) = (raw[i], raw[i + 1], raw[i + 2]);
+            // A gray file's pixel is (v, v, v) in RGB (and its luma is v again).
+            let i = ((top + y) * w + left + sx) * img.c;
+            let px = &img.pixels[i..i + img.c];
+            let (r, g, b) = if img.c == 1 {
+                (px[0], px[0], px[0])
+            } else {
+                (px[0], px[1], px[2])
+            };
             if channels == 3 {
                 out.extend([to_model(r), to_model(g), to_model(b)]);
             } else {

@@ -447,18 +447,19 @@ impl UNet {
     /// The largest activation of one sample (f32 bytes): the widest level, doubled for the
     /// up path's concatenation with the skip.
     fn widest_activation_bytes_per_sample(&self) -> u64 {
-        let c = &self.config;
-        let widest = c
-            .block_out_channels
-            .iter()
-            .enumerate()
-            .map(|(l, &ch)| {
-                let side = (c.sample_size >> l) as u64;
-                ch as u64 * side * side
-            })
+        let widest = (0..self.config.block_out_channels.len())
+            .map(|l| self.level_elements(l))
             .max()
             .unwrap_or(0);
         2 * widest * 4
+    }
+
+    /// Elements of one sample's activation at level `l` (`block_out_channels[l]` channels at
+    /// `sample_size >> l` pixels a side).
+    fn level_elements(&self, l: usize) -> u64 {
+        let c = &self.config;
+        let side = (c.sample_size >> l) as u64;
+        c.block_out_channels[l] as u64 * side * side
     }
 
     /// [`UNet::trunk_from`] on all rows at once.
@@ -525,16 +526,16 @@ impl UNet {
         let c = &self.config;
         let mut total = 0u64;
         let mut widest = 0u64;
-        for (l, &ch) in c.block_out_channels.iter().enumerate() {
+        for l in 0..c.block_out_channels.len() {
             let side = (c.sample_size >> l) as u64;
-            let level = ch as u64 * side * side;
+            let level = self.level_elements(l);
             // Skips kept for the up path (resnets + downsampler) and the concatenated inputs.
             total += level * (c.layers_per_block as u64 + 2);
             widest = widest.max(level);
             let attn = c.down_blocks[l] == DownKind::AttnDown
                 || c.up_blocks[c.block_out_channels.len() - 1 - l] == UpKind::AttnUp;
             if attn {
-                total += c.heads(ch) as u64 * (side * side) * (side * side);
+                total += c.heads(c.block_out_channels[l]) as u64 * (side * side) * (side * side);
             }
         }
         total + 6 * widest
