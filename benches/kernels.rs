@@ -1,8 +1,8 @@
 //! Kernel benchmarks of the CUDA backend at the layer shapes of real models: the built-in demo
 //! (K = 6 members of 16 samples), ddpm-cifar10-32 (batch 16) and ADM ImageNet-128 (batch 8).
 //! Prints per kernel and shape the median time, the achieved TFLOP/s or GB/s and the fraction
-//! of the device's peak (bf16 dense tensor-core FLOP/s and HBM bandwidth, from a table keyed by
-//! the device name), and writes JSON (`UQENGINE_BENCH_JSON`, default
+//! of the device's peak (f16 dense tensor-core FLOP/s, equal to bf16's on these parts, and HBM
+//! bandwidth, from a table keyed by the device name), and writes JSON (`UQENGINE_BENCH_JSON`, default
 //! `target/kernels-bench.json`).
 //!
 //! `cargo bench --bench kernels` runs on GPU 0. Without a GPU, built with `--features emu`, it
@@ -20,7 +20,7 @@ use uqengine::rng::Purpose;
 use uqengine::sampler::{Sampler, SamplerKind, SchedulerConfig};
 use uqengine::Tensor;
 
-/// Dense bf16 tensor-core TFLOP/s and HBM TB/s by device name (NVIDIA's data sheets, SXM parts).
+/// Dense f16 (= bf16) tensor-core TFLOP/s and HBM TB/s by device name (NVIDIA's data sheets).
 const PEAKS: [(&str, f64, f64); 4] = [
     ("H200", 989.0, 4.8),
     ("H100 NVL", 835.0, 3.9),
@@ -328,7 +328,7 @@ fn main() {
         rows: Vec::new(),
     };
     println!(
-        "device: {name}; peak {:?} (bf16 TFLOP/s, HBM TB/s)",
+        "device: {name}; peak {:?} (f16 TFLOP/s, HBM TB/s)",
         bench.peak
     );
     // (n, hw, c) divided down for the smoke run.

@@ -23,7 +23,7 @@ impl Elem {
         Some(match s {
             "float" => Elem::F32,
             "__nv_bfloat16" | "nv_bfloat16" | "bf16" => Elem::Bf16,
-            "__half" | "half" => Elem::F16,
+            "__half" | "half" | "f16" => Elem::F16,
             "int" => Elem::I32,
             "unsigned" | "unsigned int" => Elem::U32,
             "long long" | "long long int" => Elem::I64,

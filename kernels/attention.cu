@@ -1,4 +1,4 @@
-// Fused scaled dot-product attention, bf16 in/out, f32 scores and online softmax (one pass over
+// Fused scaled dot-product attention, f16 in/out, f32 scores and online softmax (one pass over
 // the keys, no score matrix in memory). q: [n, lq, heads * dh], k, v: [n, lk, heads * dh].
 // Block: 16 query rows of one head of one sample, 4 warps x 4 rows; keys in tiles of 32 (lane j
 // scores key j). FLOPs: 4 * n * heads * lq * lk * dh; bytes: q, out once, k, v once per 16 rows.
@@ -10,8 +10,8 @@
 
 /// Dynamic shared memory: (16 * dh + 32 * (dh + 1) + 32 * dh + 4 * 32) floats. dh <= 256.
 /// Grid (ceil(lq / 16), heads, n), block 128.
-extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                                                 const bf16* __restrict__ v, bf16* __restrict__ out,
+extern "C" __global__ void __launch_bounds__(128) attention_f16(const f16* __restrict__ q, const f16* __restrict__ k,
+                                                                 const f16* __restrict__ v, f16* __restrict__ out,
                                                                  int lq, int lk, int heads, int dh, float scale) {
     UQ_DYNAMIC_SMEM(float, sm);
     float* Qs = sm;                          // [16][dh], pre-scaled
@@ -21,9 +21,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_bf16(const bf16* __r
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int q0 = blockIdx.x * ATT_ROWS, hh = blockIdx.y, s = blockIdx.z;
     const long long ld = (long long)heads * dh;
-    const bf16* qb = q + (long long)s * lq * ld + hh * dh;
-    const bf16* kb = k + (long long)s * lk * ld + hh * dh;
-    const bf16* vb = v + (long long)s * lk * ld + hh * dh;
+    const f16* qb = q + (long long)s * lq * ld + hh * dh;
+    const f16* kb = k + (long long)s * lk * ld + hh * dh;
+    const f16* vb = v + (long long)s * lk * ld + hh * dh;
 
     for (int i = tid; i < ATT_ROWS * dh; i += blockDim.x) {
         const int r = i / dh, d = i % dh;

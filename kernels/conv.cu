@@ -1,4 +1,4 @@
-// Convolution (and linear layers, as 1x1 convolutions over a 1 x rows image), NHWC bf16 with f32
+// Convolution (and linear layers, as 1x1 convolutions over a 1 x rows image), NHWC f16 with f32
 // accumulation, as an implicit GEMM: no im2col buffer. Per sample s the GEMM has
 //   rows = output pixels (ho * wo), columns = cout, K = ksize * ksize * cin,
 // with weights prepared as w[member][cout][ky][kx][cin] (K contiguous per output channel).
@@ -16,7 +16,7 @@
 #define CONV_BM 64
 #define CONV_BN 64
 #define CONV_BK 32
-// Row stride of the shared tiles: 40 bf16 = 80 bytes keeps ldmatrix rows 16-byte aligned and
+// Row stride of the shared tiles: 40 f16 = 80 bytes keeps ldmatrix rows 16-byte aligned and
 // spreads the 8 rows of each 8x8 matrix over distinct bank groups.
 #define CONV_LDS (CONV_BK + 8)
 
@@ -31,16 +31,16 @@ __device__ __forceinline__ float conv_prologue(float v, int s, int ci, const flo
 }
 
 /// Tensor-core path: 64x64 output tile per block of 128 threads (4 warps of 32x32), K in steps
-/// of 32, bf16 mma.sync m16n8k16 with f32 accumulators. Grid (ceil(ho*wo/64), ceil(cout/64), n).
+/// of 32, f16 mma.sync m16n8k16 with f32 accumulators. Grid (ceil(ho*wo/64), ceil(cout/64), n).
 /// Launch bounds (128 threads, 4 blocks per SM): ptxas may use 128 registers (4 blocks fill the
 /// register file); with the thread count alone it chose 96 and spilled one word on sm_90.
 extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
-    const bf16* __restrict__ x, const bf16* __restrict__ w, const float* __restrict__ bias,
-    const bf16* __restrict__ residual, bf16* __restrict__ y, const float* __restrict__ stats,
+    const f16* __restrict__ x, const f16* __restrict__ w, const float* __restrict__ bias,
+    const f16* __restrict__ residual, f16* __restrict__ y, const float* __restrict__ stats,
     const float* __restrict__ gamma, const float* __restrict__ beta, int h, int wd, int cin, int ho, int wo,
     int cout, int ksize, int stride, int pad, int members, int groups, int norm_silu, int act) {
-    __shared__ __align__(16) bf16 As[2][CONV_BM][CONV_LDS];
-    __shared__ __align__(16) bf16 Bs[2][CONV_BN][CONV_LDS];
+    __shared__ __align__(16) f16 As[2][CONV_BM][CONV_LDS];
+    __shared__ __align__(16) f16 Bs[2][CONV_BN][CONV_LDS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
@@ -51,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
     const int cpg = norm ? cin / groups : 1;
     const bool vec_a = (cin % 8) == 0 && (((unsigned long long)x) & 15) == 0;
     const bool vec_b = (K % 8) == 0 && (((unsigned long long)w) & 15) == 0;
-    const bf16* wm_base = w + (long long)member * cout * K;
+    const f16* wm_base = w + (long long)member * cout * K;
 
     // Each thread loads two 8-element chunks of each tile: chunk c -> row c / 4, k offset (c % 4) * 8.
     int a_iy0[2], a_ix0[2], a_ok[2];
@@ -98,9 +98,9 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
                 if (norm && ok) {
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
-                        pa[j] = uq_pack_bf16x2(
-                            conv_prologue(uq_bf16_lo(pa[j]), s, ci + 2 * j, stats, gamma, beta, groups, cpg, norm_silu),
-                            conv_prologue(uq_bf16_hi(pa[j]), s, ci + 2 * j + 1, stats, gamma, beta, groups, cpg, norm_silu));
+                        pa[j] = uq_pack_f16x2(
+                            conv_prologue(uq_f16_lo(pa[j]), s, ci + 2 * j, stats, gamma, beta, groups, cpg, norm_silu),
+                            conv_prologue(uq_f16_hi(pa[j]), s, ci + 2 * j + 1, stats, gamma, beta, groups, cpg, norm_silu));
                 }
             } else {
                 float va[8];
@@ -119,7 +119,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
                     va[j] = v;
                 }
 #pragma unroll
-                for (int j = 0; j < 4; ++j) pa[j] = uq_pack_bf16x2(va[2 * j], va[2 * j + 1]);
+                for (int j = 0; j < 4; ++j) pa[j] = uq_pack_f16x2(va[2 * j], va[2 * j + 1]);
             }
             ra[i] = make_uint4(pa[0], pa[1], pa[2], pa[3]);
             // B chunk: 8 consecutive k of one output channel.
@@ -133,7 +133,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
                     const int k1 = kg + 2 * j;
                     const float b0 = (co < cout && k1 < K) ? uq_ld(wm_base + (long long)co * K + k1) : 0.0f;
                     const float b1 = (co < cout && k1 + 1 < K) ? uq_ld(wm_base + (long long)co * K + k1 + 1) : 0.0f;
-                    pb[j] = uq_pack_bf16x2(b0, b1);
+                    pb[j] = uq_pack_f16x2(b0, b1);
                 }
                 rb[i] = make_uint4(pb[0], pb[1], pb[2], pb[3]);
             }
@@ -183,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
                 bfr[2 * np + 1][0] = fr[2 + np][2];
                 bfr[2 * np + 1][1] = fr[2 + np][3];
             }
-            mma_tile_m16n8k16_bf16<2, 4>(acc, af, bfr);
+            mma_tile_m16n8k16_f16<2, 4>(acc, af, bfr);
         }
         if (more) store(buf ^ 1, ra, rb);
         __syncthreads();
@@ -213,10 +213,11 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv2d_mma(
 
 /// Plain f32 path for the edges of a network (few input or output channels, where a 64x64
 /// tensor-core tile would be mostly padding): one thread per output element, same semantics as
-/// conv2d_mma. Grid-stride over n * ho * wo * cout outputs.
-extern "C" __global__ void conv2d_simple(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                         const float* __restrict__ bias, const bf16* __restrict__ residual,
-                                         bf16* __restrict__ y, const float* __restrict__ stats,
+/// conv2d_mma, with f32 weights (these layers are small; the last layer's members differ by
+/// posterior draws finer than f16's spacing). Grid-stride over n * ho * wo * cout outputs.
+extern "C" __global__ void conv2d_simple(const f16* __restrict__ x, const float* __restrict__ w,
+                                         const float* __restrict__ bias, const f16* __restrict__ residual,
+                                         f16* __restrict__ y, const float* __restrict__ stats,
                                          const float* __restrict__ gamma, const float* __restrict__ beta, int n, int h,
                                          int wd, int cin, int ho, int wo, int cout, int ksize, int stride, int pad,
                                          int members, int groups, int norm_silu, int act) {
@@ -232,7 +233,7 @@ extern "C" __global__ void conv2d_simple(const bf16* __restrict__ x, const bf16*
         r /= wo;
         const int oy = (int)(r % ho);
         const int s = (int)(r / ho), member = s % members;
-        const bf16* wr = w + ((long long)member * cout + co) * K;
+        const float* wr = w + ((long long)member * cout + co) * K;
         float sum = 0.0f;
         for (int ky = 0; ky < ksize; ++ky) {
             const int iy = oy * stride - pad + ky;
@@ -240,12 +241,12 @@ extern "C" __global__ void conv2d_simple(const bf16* __restrict__ x, const bf16*
             for (int kx = 0; kx < ksize; ++kx) {
                 const int ix = ox * stride - pad + kx;
                 if (ix < 0 || ix >= wd) continue;
-                const bf16* xp = x + (((long long)s * h + iy) * wd + ix) * cin;
-                const bf16* wp = wr + (ky * ksize + kx) * cin;
+                const f16* xp = x + (((long long)s * h + iy) * wd + ix) * cin;
+                const float* wp = wr + (ky * ksize + kx) * cin;
                 for (int ci = 0; ci < cin; ++ci) {
                     float v = uq_ld(xp + ci);
                     if (norm) v = conv_prologue(v, s, ci, stats, gamma, beta, groups, cpg, norm_silu);
-                    sum += v * uq_ld(wp + ci);
+                    sum += v * wp[ci];
                 }
             }
         }

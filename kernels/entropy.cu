@@ -10,7 +10,7 @@
 #define UQ_ENTROPY_THREADS 128
 
 __device__ __forceinline__ float uq_feature(const float* p) { return *p; }
-__device__ __forceinline__ float uq_feature(const bf16* p) { return uq_ld(p); }
+__device__ __forceinline__ float uq_feature(const f16* p) { return uq_ld(p); }
 
 /// out[i] = 0.5 * sum_d log(v_d + sigma2) + 0.5 * D * (log(2 pi) + 1) for sample i of `f`
 /// ([n, k, d]), v_d the biased variance over the k members, clipped at 0; NaN when a feature of
@@ -60,8 +60,8 @@ extern "C" __global__ void gaussian_entropy_f32(const float* __restrict__ f, flo
     uq_gaussian_entropy(f, out, k, d, sigma2_hi, sigma2_lo);
 }
 
-/// Features in bf16 (the extractor's output on the device).
-extern "C" __global__ void gaussian_entropy_bf16(const bf16* __restrict__ f, float* __restrict__ out, int k, int d,
+/// Features in f16 (the extractor's output on the device).
+extern "C" __global__ void gaussian_entropy_f16(const f16* __restrict__ f, float* __restrict__ out, int k, int d,
                                                  float sigma2_hi, float sigma2_lo) {
     uq_gaussian_entropy(f, out, k, d, sigma2_hi, sigma2_lo);
 }

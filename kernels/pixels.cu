@@ -3,7 +3,7 @@
 // step and bit for bit: 8-bit quantisation as a PNG stores it (or float images in [0, 1]), PIL's
 // two-pass resampling (22-bit fixed point and clipping to u8 after each pass for 8-bit images;
 // f64 weights and sums stored as f32 for float images), the center crop with zero padding, the
-// conversion of one channel to RGB, rescaling and normalisation, written as the extractor's bf16
+// conversion of one channel to RGB, rescaling and normalisation, written as the extractor's f16
 // NHWC input. Every multiply and add that rounds is an explicit _rn intrinsic, so no fused
 // multiply-add changes a result. Images are NHWC f32 (8-bit values held as exact integers).
 // One thread per output element (grid-stride).
@@ -92,12 +92,12 @@ extern "C" __global__ void resample_cols_f32(const float* __restrict__ x, float*
     }
 }
 
-/// The extractor's input y[n, oh, ow, co] (bf16) from resized images x[n, h, w, c]: the crop
+/// The extractor's input y[n, oh, ow, co] (f16) from resized images x[n, h, w, c]: the crop
 /// window starts at (y0, x0) of the image padded by (top_pad, left_pad) zeros; channel ch reads
 /// input channel min(ch, c - 1) (one channel to RGB); float images are clamped to [0, 1] first
 /// (`clamp01`); then v * scale[0] in f64 stored as f32 (unless `scale` is null), then (v - mean) / std in
 /// f32 (when `normalize`; mean and std have co values).
-extern "C" __global__ void clip_pixels_bf16(const float* __restrict__ x, bf16* __restrict__ y,
+extern "C" __global__ void clip_pixels_f16(const float* __restrict__ x, f16* __restrict__ y,
                                             const float* __restrict__ mean, const float* __restrict__ stdev, int n,
                                             int h, int w, int c, int oh, int ow, int co, int y0, int x0, int top_pad,
                                             int left_pad, int clamp01, const double* __restrict__ scale,
@@ -119,6 +119,6 @@ extern "C" __global__ void clip_pixels_bf16(const float* __restrict__ x, bf16* _
         }
         if (scale) v = __double2float_rn(__dmul_rn((double)v, *scale));
         if (normalize) v = __fdiv_rn(__fsub_rn(v, mean[ch]), stdev[ch]);
-        y[i] = __float2bfloat16_rn(v);
+        y[i] = __float2half_rn(v);
     }
 }

@@ -1,6 +1,6 @@
 // The sampler on the device: its f32 state x_t, the Philox4x32-10 noise streams of the host
 // (src/rng.rs), the DDIM/DDPM update (src/sampler/mod.rs `apply_step`), the conversions between
-// the state and the trunk's bf16 input, the row copies of the member schedules and the
+// the state and the trunk's f16 input, the row copies of the member schedules and the
 // sinusoidal timestep features. Grid-stride loops; every value depends only on its indices, so
 // results do not depend on the launch geometry.
 //
@@ -128,14 +128,14 @@ __device__ __forceinline__ float uq_step_noise(long long i, long long per, int c
 }
 
 /// One sampler step, `apply_step_learned` of src/sampler/mod.rs element-wise: `x` the state
-/// (f32, `c` channels), `m` the model output (bf16, `mc` channels: `c`, or `2c` with the
+/// (f32, `c` channels), `m` the model output (f16, `mc` channels: `c`, or `2c` with the
 /// variance channels after the prediction), `y` the next state. The step noise (when
 /// `noise_scale != 0`) is generated here from the samples' StepNoise streams (purpose `purpose`,
 /// sub = `sub`), the same number on each of a sample's `rows_per_sample` rows; with
 /// `learned_range` its scale is `exp(0.5 * (frac * max_log + (1 - frac) * min_log))`, `frac = (v
 /// + 1) / 2`. `eps_from_clipped`: DDIM's eps re-derived from the clipped x0. `prediction`:
 /// 0 epsilon, 1 v_prediction, 2 sample.
-extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const bf16* __restrict__ m,
+extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const f16* __restrict__ m,
                                             float* __restrict__ y, const unsigned* __restrict__ index_words,
                                             unsigned k0, unsigned k1, unsigned purpose, unsigned sub, int c, int hw,
                                             int rows_per_sample, long long n, int prediction, int clip,
@@ -159,12 +159,12 @@ extern "C" __global__ void sampler_step_f32(const float* __restrict__ x, const b
 
 /// One output value of the last layer, f32: `sum over (ky, kx, ci) of h * w + bias`, stride 1,
 /// as `conv2d_simple` sums it (weights `[member][mc][ky][kx][cin]`, `h` NHWC `[rows, s, s, cin]`).
-__device__ __forceinline__ float uq_last_layer_value(const bf16* __restrict__ h, const bf16* __restrict__ w,
+__device__ __forceinline__ float uq_last_layer_value(const f16* __restrict__ h, const float* __restrict__ w,
                                                      const float* __restrict__ bias, long long row, int oy, int ox,
                                                      int co, int member, int s, int cin, int mc, int ksize,
                                                      int pad) {
     const int K = ksize * ksize * cin;
-    const bf16* wr = w + ((long long)member * mc + co) * K;
+    const float* wr = w + ((long long)member * mc + co) * K;
     float sum = 0.0f;
     for (int ky = 0; ky < ksize; ++ky) {
         const int iy = oy - pad + ky;
@@ -172,9 +172,9 @@ __device__ __forceinline__ float uq_last_layer_value(const bf16* __restrict__ h,
         for (int kx = 0; kx < ksize; ++kx) {
             const int ix = ox - pad + kx;
             if (ix < 0 || ix >= s) continue;
-            const bf16* xp = h + ((row * s + iy) * s + ix) * cin;
-            const bf16* wp = wr + (ky * ksize + kx) * cin;
-            for (int ci = 0; ci < cin; ++ci) sum += uq_ld(xp + ci) * uq_ld(wp + ci);
+            const f16* xp = h + ((row * s + iy) * s + ix) * cin;
+            const float* wp = wr + (ky * ksize + kx) * cin;
+            for (int ci = 0; ci < cin; ++ci) sum += uq_ld(xp + ci) * wp[ci];
         }
     }
     if (bias) sum += bias[member * mc + co];
@@ -184,9 +184,9 @@ __device__ __forceinline__ float uq_last_layer_value(const bf16* __restrict__ h,
 /// The last layer and the sampler step fused: state element `i` (row r, pixel, channel ch) takes
 /// the model output of channel ch (and ch + c, the variance, with `learned_range`) from the last
 /// convolution of member `r % members` (stride 1, `s x s` maps, `mc` output channels) on the
-/// trunk's features `h`, kept in f32 (not rounded to bf16 as a separate convolution stores it),
+/// trunk's features `h`, kept in f32 (not rounded to f16 as a separate convolution stores it),
 /// then the step of `sampler_step_f32`. One launch instead of two and no model-output buffer.
-extern "C" __global__ void last_layer_step_f32(const bf16* __restrict__ h, const bf16* __restrict__ w,
+extern "C" __global__ void last_layer_step_f32(const f16* __restrict__ h, const float* __restrict__ w,
                                                const float* __restrict__ bias, int cin, int ksize, int pad,
                                                int members, const float* __restrict__ x, float* __restrict__ y,
                                                const unsigned* __restrict__ index_words, unsigned k0, unsigned k1,
@@ -216,9 +216,9 @@ extern "C" __global__ void last_layer_step_f32(const bf16* __restrict__ h, const
     }
 }
 
-/// The trunk's bf16 input from the state: `y = x` or, for a model with `center_input_sample`,
+/// The trunk's f16 input from the state: `y = x` or, for a model with `center_input_sample`,
 /// `y = 2x - 1` (computed in f32, rounded once).
-extern "C" __global__ void state_to_input_bf16(const float* __restrict__ x, bf16* __restrict__ y, long long n,
+extern "C" __global__ void state_to_input_f16(const float* __restrict__ x, f16* __restrict__ y, long long n,
                                                int center) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         uq_st(y + i, center ? __fadd_rn(__fmul_rn(2.0f, x[i]), -1.0f) : x[i]);
@@ -234,8 +234,8 @@ extern "C" __global__ void repeat_rows_f32(const float* __restrict__ x, float* _
     }
 }
 
-/// The bf16 twin of `repeat_rows_f32` (trunk features shared by every member).
-extern "C" __global__ void repeat_rows_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, long long per, int k,
+/// The f16 twin of `repeat_rows_f32` (trunk features shared by every member).
+extern "C" __global__ void repeat_rows_f16(const f16* __restrict__ x, f16* __restrict__ y, long long per, int k,
                                             long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         const long long row = i / per;
@@ -252,9 +252,9 @@ extern "C" __global__ void every_kth_row_f32(const float* __restrict__ x, float*
     }
 }
 
-/// Sinusoidal timestep features `[rows, 2 * half]` (bf16) of one timestep `t` for every row:
+/// Sinusoidal timestep features `[rows, 2 * half]` (f16) of one timestep `t` for every row:
 /// `a = t * freqs[i]`, `(sin a, cos a)` in the halves, or `(cos a, sin a)` with `flip`.
-extern "C" __global__ void timestep_features_bf16(const float* __restrict__ freqs, bf16* __restrict__ y, int rows,
+extern "C" __global__ void timestep_features_f16(const float* __restrict__ freqs, f16* __restrict__ y, int rows,
                                                   int half, float t, int flip) {
     const long long n = (long long)rows * half;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -262,7 +262,7 @@ extern "C" __global__ void timestep_features_bf16(const float* __restrict__ freq
         const int f = (int)(i - row * half);
         const float a = __fmul_rn(t, freqs[f]);
         const float s = sinf(a), co = cosf(a);
-        bf16* out = y + row * 2 * half;
+        f16* out = y + row * 2 * half;
         uq_st(out + f, flip ? co : s);
         uq_st(out + half + f, flip ? s : co);
     }

@@ -1,5 +1,5 @@
 // Self-tests of the device features the kernels rely on (warp shuffles and votes, block
-// reductions, early exit, dynamic shared memory, ldmatrix + bf16 mma fragments). They run on the
+// reductions, early exit, dynamic shared memory, ldmatrix + f16 mma fragments). They run on the
 // emulated device and on a GPU alike, so a GPU run checks that the emulator's layouts match the
 // hardware (tests/emu_selftest.rs).
 #include "uq_common.cuh"
@@ -48,13 +48,13 @@ extern "C" __global__ void selftest_block_sum(const float* __restrict__ x, float
 }
 
 /// One warp: C[16][8] = A[16][16] * B[16][8] with A row-major and B given as bt[8][16] (n-major),
-/// through ldmatrix_x4 / ldmatrix_x2 and mma_m16n8k16_bf16; and, from the same B stored k-major
+/// through ldmatrix_x4 / ldmatrix_x2 and mma_m16n8k16_f16; and, from the same B stored k-major
 /// (b[16][8]), through ldmatrix_x2_trans into c2.
-extern "C" __global__ void selftest_mma(const bf16* __restrict__ a, const bf16* __restrict__ bt,
-                                        const bf16* __restrict__ b, float* __restrict__ c, float* __restrict__ c2) {
-    __shared__ __align__(16) bf16 As[16][24];
-    __shared__ __align__(16) bf16 Bs[8][24];
-    __shared__ __align__(16) bf16 Bk[16][16];
+extern "C" __global__ void selftest_mma(const f16* __restrict__ a, const f16* __restrict__ bt,
+                                        const f16* __restrict__ b, float* __restrict__ c, float* __restrict__ c2) {
+    __shared__ __align__(16) f16 As[16][24];
+    __shared__ __align__(16) f16 Bs[8][24];
+    __shared__ __align__(16) f16 Bk[16][16];
     const int l = threadIdx.x;
     for (int i = l; i < 256; i += 32) As[i / 16][i % 16] = a[i];
     for (int i = l; i < 128; i += 32) {
@@ -69,8 +69,8 @@ extern "C" __global__ void selftest_mma(const bf16* __restrict__ a, const bf16* 
     ldmatrix_x2_trans(bk, &Bk[r + (j & 1) * 8][0]);
     const float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     float d[4], d2[4];
-    mma_m16n8k16_bf16(d, af, bf, z);
-    mma_m16n8k16_bf16(d2, af, bk, z);
+    mma_m16n8k16_f16(d, af, bf, z);
+    mma_m16n8k16_f16(d2, af, bk, z);
     const int g = l / 4, t = l % 4;
     c[g * 8 + 2 * t] = d[0];
     c[g * 8 + 2 * t + 1] = d[1];

@@ -15,7 +15,9 @@
     T* name = reinterpret_cast<T*>(uq_dyn_smem_)
 #endif
 
-typedef __nv_bfloat16 bf16;
+/// The activations' storage type: IEEE half (11 significant bits, range +-65504), the precision
+/// the models' own fp16 inference uses; arithmetic is f32.
+typedef __half f16;
 
 #define UQ_FULL_MASK 0xffffffffu
 #define UQ_NEG_INF __uint_as_float(0xff800000u)
@@ -26,17 +28,16 @@ typedef __nv_bfloat16 bf16;
 #define UQ_ACT_QUICK_GELU 2
 #define UQ_ACT_GELU 3
 
-__device__ __forceinline__ float uq_ld(const bf16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void uq_st(bf16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ float uq_bf16_to_f32(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float uq_ld(const f16* p) { return __half2float(*p); }
+__device__ __forceinline__ void uq_st(f16* p, float v) { *p = __float2half_rn(v); }
 
-/// Two bf16 (round to nearest even) in one 32-bit word, `a` in the low half.
-__device__ __forceinline__ unsigned uq_pack_bf16x2(float a, float b) {
-    return (unsigned)__bfloat16_as_ushort(__float2bfloat16(a)) | ((unsigned)__bfloat16_as_ushort(__float2bfloat16(b)) << 16);
+/// Two f16 (round to nearest even) in one 32-bit word, `a` in the low half.
+__device__ __forceinline__ unsigned uq_pack_f16x2(float a, float b) {
+    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
 }
-/// The low / high bf16 of a packed word, as f32 (exact).
-__device__ __forceinline__ float uq_bf16_lo(unsigned u) { return __uint_as_float(u << 16); }
-__device__ __forceinline__ float uq_bf16_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
+/// The low / high f16 of a packed word, as f32 (exact).
+__device__ __forceinline__ float uq_f16_lo(unsigned u) { return __half2float(__ushort_as_half((unsigned short)(u & 0xffffu))); }
+__device__ __forceinline__ float uq_f16_hi(unsigned u) { return __half2float(__ushort_as_half((unsigned short)(u >> 16))); }
 
 __device__ __forceinline__ float uq_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 

@@ -595,14 +595,11 @@ inline unsigned short f32_to_f16_bits(float f) {
     return sign | (unsigned short)h;
 }
 inline float f16_bits_to_f32(unsigned short h) {
-    const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) {
-        const float v = float(m) * 5.9604644775390625e-8f;  // 2^-24
-        return sign ? -v : v;
-    }
-    if (e == 31) return __bits_to_float(sign | 0x7f800000u | (m << 13));
-    return __bits_to_float(sign | ((e - 15 + 127) << 23) | (m << 13));
+    // The exponent and mantissa moved into f32's fields, then scaled by 2^(127-15): exact for
+    // normal and subnormal halves alike (the scaling of a subnormal f32 pattern renormalises it).
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, em = uint32_t(h & 0x7fffu) << 13;
+    if ((h & 0x7c00u) == 0x7c00u) return __bits_to_float(sign | 0x7f800000u | em);  // inf, NaN
+    return __bits_to_float(sign | __float_to_bits(__bits_to_float(em) * 5.192296858534828e33f));  // 2^112
 }
 }  // namespace uq_emu
 

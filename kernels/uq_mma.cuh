@@ -1,9 +1,9 @@
-// Tensor-core fragment helpers (bf16 mma.sync m16n8k16 with f32 accumulation, ldmatrix loads).
+// Tensor-core fragment helpers (f16 mma.sync m16n8k16 with f32 accumulation, ldmatrix loads).
 // On the device they are single PTX instructions; under UQ_EMU the same per-lane fragment layouts
 // (PTX ISA, "Matrix fragments for mma.m16n8k16" and "ldmatrix") are computed on the host through
 // the warp's exchange slots.
 //
-// Fragment layouts, lane l, g = l / 4, t = l % 4 (each 32-bit register holds two bf16, the lower
+// Fragment layouts, lane l, g = l / 4, t = l % 4 (each 32-bit register holds two f16, the lower
 // column/row index in the low half):
 //   A (16x16, row-major): a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..],
 //                         a[3] = A[g+8][2t+8..]
@@ -14,10 +14,10 @@
 
 #ifndef UQ_EMU
 
-/// d = A * B + c for one 16x8x16 tile (bf16 inputs, f32 accumulators), warp-wide.
-__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+/// d = A * B + c for one 16x8x16 tile (f16 inputs, f32 accumulators), warp-wide.
+__device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%10,%11,%12,%13};\n"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
@@ -51,12 +51,12 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* row
 
 /// acc[m][n] += A_m * B_n for an M x N grid of 16x8x16 tiles (one warp tile of a GEMM).
 template <int M, int N>
-__device__ __forceinline__ void mma_tile_m16n8k16_bf16(float (&acc)[M][N][4], const unsigned (&a)[M][4],
+__device__ __forceinline__ void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][4],
                                                        const unsigned (&b)[N][2]) {
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
-        for (int n = 0; n < N; ++n) mma_m16n8k16_bf16(acc[m][n], a[m], b[n], acc[m][n]);
+        for (int n = 0; n < N; ++n) mma_m16n8k16_f16(acc[m][n], a[m], b[n], acc[m][n]);
 }
 
 /// N independent ldmatrix_x4 loads (row addresses rows[i], results r[i]).
@@ -69,19 +69,19 @@ __device__ __forceinline__ void ldmatrix_x4_multi(unsigned (&r)[N][4], const voi
 #else  // UQ_EMU
 
 namespace uq_emu {
-inline float bf16_lo(unsigned r) { return bf16_bits_to_f32((unsigned short)(r & 0xffffu)); }
-inline float bf16_hi(unsigned r) { return bf16_bits_to_f32((unsigned short)(r >> 16)); }
-inline float bf16_half(unsigned r, int hi) { return hi ? bf16_hi(r) : bf16_lo(r); }
+inline float f16_lo(unsigned r) { return f16_bits_to_f32((unsigned short)(r & 0xffffu)); }
+inline float f16_hi(unsigned r) { return f16_bits_to_f32((unsigned short)(r >> 16)); }
+inline float f16_half(unsigned r, int hi) { return hi ? f16_hi(r) : f16_lo(r); }
 
 /// Element (row, k) of the A fragments the warp published at slot words base..base+3.
 inline float frag_a(int base, int row, int k) {
     const int l = (row % 8) * 4 + (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-    return bf16_half(get<unsigned>(l, base + reg), k & 1);
+    return f16_half(get<unsigned>(l, base + reg), k & 1);
 }
 /// Element (k, n) of the B fragments the warp published at slot words base, base+1.
 inline float frag_b(int base, int k, int n) {
     const int l = n * 4 + (k % 8) / 2, reg = k >= 8 ? 1 : 0;
-    return bf16_half(get<unsigned>(l, base + reg), k & 1);
+    return f16_half(get<unsigned>(l, base + reg), k & 1);
 }
 /// This lane's four D elements of A(abase) * B(bbase), without the accumulator.
 inline void mma_lane(float out[4], int abase, int bbase) {
@@ -119,7 +119,7 @@ inline void ldmatrix(unsigned* r, const void* row) {
 }
 }  // namespace uq_emu
 
-inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     uq_emu::Warp& w = uq_emu::warp();
     const unsigned l = uq_emu::lane();
     for (int i = 0; i < 4; ++i) uq_emu::put(l, i, a[i]);
@@ -133,7 +133,7 @@ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[
 }
 // The batched helpers exchange all fragments at once: two warp barriers instead of two per tile.
 template <int M, int N>
-inline void mma_tile_m16n8k16_bf16(float (&acc)[M][N][4], const unsigned (&a)[M][4], const unsigned (&b)[N][2]) {
+inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][4], const unsigned (&b)[N][2]) {
     static_assert(M * 4 + N * 2 <= 16, "fragments exceed the warp's exchange slots");
     uq_emu::Warp& w = uq_emu::warp();
     const unsigned l = uq_emu::lane();

@@ -1,6 +1,6 @@
 //! Tensors: a shape and storage on one backend. Activations are NHWC (`[n, h, w, c]`);
 //! sequences are `[n, len, dim]`; matrices `[rows, cols]`. Element type is f32 on the host;
-//! device backends choose their storage type (bf16 on the GPU) behind the same handle.
+//! device backends choose their storage type (f16 on the GPU) behind the same handle.
 
 use std::any::Any;
 use std::sync::Arc;

@@ -307,7 +307,7 @@ fn laplace_curvature_on_out_2_uses_only_the_eps_channels() {
 }
 
 /// The emulated CUDA backend against the CPU backend on the ADM models: the forward within
-/// bf16 activations' error, and a whole batch of DDPM with the learned variance (noise from the
+/// f16 activations' error, and a whole batch of DDPM with the learned variance (noise from the
 /// engine's own streams on both) within the sampler's amplification of it.
 #[cfg(feature = "emu")]
 #[test]
@@ -347,11 +347,11 @@ fn emulated_cuda_runs_adm_models_like_the_cpu() {
             &format!("{name} forward, emu vs cpu"),
             &got,
             &want,
-            3e-2,
+            5e-3,
             0.0,
         );
 
-        let sampler = Sampler::new(&scheduler(&m.dir), SamplerKind::Ddpm, 4).unwrap();
+        let sampler = Sampler::new(&scheduler(&m.dir), SamplerKind::Ddpm, 2).unwrap();
         assert!(sampler.learned_variance());
         let input = BatchInput {
             indices: vec![0, 1],
@@ -366,10 +366,13 @@ fn emulated_cuda_runs_adm_models_like_the_cpu() {
         };
         let (want, got) = (run(&cpu, &uc), run(&emu, &ue));
         assert!(got.iter().all(|v| v.is_finite()));
-        // bf16 activations change eps and the learned variance by ~1e-2 of their scale, and the
-        // clip at +-1 and the step noise's exp(...) amplify single elements: the typical
-        // element must agree closely, the worst within the sample range. (Dropping the
-        // variance channels or misreading them moves the mean by the noise scale, ~0.1-1.)
+        // f16 activations change eps and the learned variance by ~1e-3 of their scale. These
+        // untrained models put the variance channel far outside [-1, 1], where the step noise's
+        // exp(...) of it amplifies a 1e-3 change of one element up to the sample range (and a
+        // later step spreads it over the sample), so two steps (one with learned noise) and the
+        // typical element: the median must agree closely and the mean stay far below what
+        // dropping or misreading the variance channels moves every noisy element by (the noise
+        // scale, ~0.1-1).
         let mean = got
             .iter()
             .zip(&want)
@@ -377,7 +380,15 @@ fn emulated_cuda_runs_adm_models_like_the_cpu() {
             .sum::<f32>()
             / got.len() as f32;
         let max = common::max_abs_diff(&got, &want);
-        println!("{name} 4-step DDPM, emu vs cpu: mean abs err {mean:.3e}, max {max:.3e}");
-        assert!(mean <= 2e-2 && max <= 0.5, "{name}: mean {mean}, max {max}");
+        let mut diffs: Vec<f32> = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
+        diffs.sort_by(f32::total_cmp);
+        let median = diffs[diffs.len() / 2];
+        println!(
+            "{name} 2-step DDPM, emu vs cpu: median abs err {median:.3e}, mean {mean:.3e}, max {max:.3e}"
+        );
+        assert!(
+            median <= 1e-3 && mean <= 2e-2,
+            "{name}: median {median}, mean {mean}, max {max}"
+        );
     }
 }

@@ -116,6 +116,7 @@ fn rust_spellings_of_the_element_types() {
     assert_eq!(args, ["F32", "I32", "U32", "I64"]);
     assert_eq!(Elem::parse("nv_bfloat16"), Some(Elem::Bf16));
     assert_eq!(Elem::parse("half"), Some(Elem::F16));
+    assert_eq!(Elem::parse("f16"), Some(Elem::F16));
     assert_eq!(Elem::parse("double"), Some(Elem::F64));
     assert_eq!(Elem::parse("long"), None);
 }
@@ -229,7 +230,7 @@ fn the_repository_kernels_parse() {
         "x w bias residual y stats gamma beta h wd cin ho wo cout ksize stride pad members groups \
                 norm_silu act";
     assert_eq!(names, want.split_whitespace().collect::<Vec<_>>());
-    assert_eq!(mma.params[4], param("y", "bf16*", Elem::Bf16, true, false));
+    assert_eq!(mma.params[4], param("y", "f16*", Elem::F16, true, false));
     let header = std::fs::read_to_string(dir.join("uq_common.cuh")).unwrap();
     let codes = parse_act_codes(&header).unwrap();
     let names: Vec<&str> = codes.iter().map(|(n, _)| n.as_str()).collect();

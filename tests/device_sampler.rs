@@ -67,7 +67,7 @@ fn max_ulps(got: &[f32], want: &[f32]) -> u32 {
         .unwrap_or(0)
 }
 
-/// Deterministic values in [-scale, scale), rounded to bf16 (what a model output holds).
+/// Deterministic values in [-scale, scale), rounded to f16 (what a model output holds).
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
     (0..n)
@@ -76,7 +76,7 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-            half::bf16::from_f32(u * scale).to_f32()
+            half::f16::from_f32(u * scale).to_f32()
         })
         .collect()
 }
@@ -250,14 +250,14 @@ fn state_conversions_and_row_copies_match_the_host() {
             dev.every_kth_row(&xd, 4).is_err(),
             "6 rows are not 4-aligned"
         );
-        // The trunk's input: bf16 of x, or of 2x - 1 (computed in f32, rounded once).
+        // The trunk's input: f16 of x, or of 2x - 1 (computed in f32, rounded once).
         for center in [false, true] {
             let got = dev
                 .download(&dev.state_as_input(&xd, center).unwrap())
                 .unwrap();
             let want: Vec<f32> = x
                 .iter()
-                .map(|&v| half::bf16::from_f32(if center { 2.0 * v - 1.0 } else { v }).to_f32())
+                .map(|&v| half::f16::from_f32(if center { 2.0 * v - 1.0 } else { v }).to_f32())
                 .collect();
             assert_eq!(got, want, "state_as_input center {center}");
         }
@@ -269,7 +269,7 @@ fn state_conversions_and_row_copies_match_the_host() {
             .chunks(12)
             .flat_map(|r| r.iter().chain(r).copied().collect::<Vec<_>>())
             .collect();
-        assert_eq!(got, want, "repeat_rows on bf16 activations");
+        assert_eq!(got, want, "repeat_rows on f16 activations");
     }
 }
 
@@ -287,7 +287,7 @@ fn timestep_features_match_the_host() {
                 .unwrap();
             let want: Vec<f32> = uqengine::backend::state::timestep_features(&freqs, t, 3, flip)
                 .iter()
-                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .map(|&v| half::f16::from_f32(v).to_f32())
                 .collect();
             if exact {
                 assert_eq!(got, want, "t {t} flip {flip} on {}", dev.name());
@@ -465,7 +465,7 @@ fn device_entropy_keeps_the_variance_of_large_features() {
                 );
             }
         }
-        // bf16 features (the extractor's output on the device): the host on the same values.
+        // f16 features (the extractor's output on the device): the host on the same values.
         let fb: Vec<f32> = values(n * k * d, 31, 2.0);
         let want_b = uqengine::uncertainty::gaussian_entropy(&fb, n, k, d, &opts).unwrap();
         let got_b = dev
@@ -566,7 +566,7 @@ fn device_sampler_step_with_learned_variance_and_clipped_eps() {
 /// The fused last layer + step (`last_layer_step_f32`) against the CPU backend's two ops (the
 /// convolution in f32, then `apply_step`), for every sampler branch, two members on rows `r % 2`
 /// and the MAP convolution alone, with and without learned variance channels, in one launch.
-/// Inputs are bf16 values, so only the summation order differs from the CPU.
+/// Inputs are f16 values, so only the summation order differs from the CPU.
 #[test]
 fn fused_last_layer_step_equals_the_convolution_then_the_step() {
     use uqengine::backend::LastLayer;

@@ -1,8 +1,8 @@
 //! The whole CUDA code path of a sample run with uncertainty — K-member trunk, per-member last
 //! layer, sampler, CLIP features, scores — on the emulated device (`--device emu`, feature
-//! `emu`) against the CPU pipeline on a fixture model. Tolerances are bf16-level: activations
-//! are stored in bf16 on the device, so samples agree to ~1e-2 and features to a few percent of
-//! their scale.
+//! `emu`) against the CPU pipeline on a fixture model. Tolerances are f16-level: activations
+//! are stored in f16 on the device, so samples agree to ~2e-3 and features to a few tenths of a
+//! percent of their scale.
 #![cfg(feature = "emu")]
 
 use crate::common;
@@ -78,7 +78,7 @@ fn emulated_cuda_pipeline_matches_cpu_pipeline() {
         "samples: max abs diff {:.3e}",
         max_abs_diff(&samples[0], &samples[1])
     );
-    assert_close("samples (emu vs cpu)", &samples[1], &samples[0], 3e-2, 3e-2);
+    assert_close("samples (emu vs cpu)", &samples[1], &samples[0], 5e-3, 5e-3);
     let feats: Vec<Vec<f32>> = runs
         .iter()
         .map(|r| npy::read(&r.join("features.npy")).unwrap().to_f32())
@@ -92,7 +92,7 @@ fn emulated_cuda_pipeline_matches_cpu_pipeline() {
         "features (emu vs cpu)",
         &feats[1],
         &feats[0],
-        5e-2 * scale,
+        1e-2 * scale,
         0.0,
     );
     let rows: Vec<_> = runs

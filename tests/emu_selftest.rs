@@ -1,11 +1,11 @@
 //! The device features under the kernels (warp shuffles and votes, exited threads at barriers,
-//! dynamic shared memory, ldmatrix + bf16 mma fragment layouts, half conversions), checked on the
+//! dynamic shared memory, ldmatrix + f16 mma fragment layouts, half conversions), checked on the
 //! emulated device and, when present, on GPU 0, against plain host computations. A GPU run thus
 //! also shows that the emulator's layouts are the hardware's.
 
 use std::sync::Arc;
 
-use uqengine::backend::cuda::device::{Bf16, DevBuf, Device, LaunchCfg};
+use uqengine::backend::cuda::device::{DevBuf, Device, LaunchCfg, F16};
 use uqengine::backend::cuda::gpu::GpuDevice;
 use uqengine::backend::cuda::kernels;
 
@@ -106,18 +106,18 @@ fn block_reduction_survives_exited_threads() {
 }
 
 #[test]
-fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
+fn ldmatrix_and_mma_fragments_multiply_f16_tiles() {
     for dev in devices() {
         let d = dev.as_ref();
-        let a: Vec<Bf16> = values(256, 1)
+        let a: Vec<F16> = values(256, 1)
             .iter()
-            .map(|&v| Bf16::from_f32(v * 4.0))
+            .map(|&v| F16::from_f32(v * 4.0))
             .collect();
-        let b: Vec<Bf16> = values(128, 2)
+        let b: Vec<F16> = values(128, 2)
             .iter()
-            .map(|&v| Bf16::from_f32(v * 4.0))
+            .map(|&v| F16::from_f32(v * 4.0))
             .collect(); // [16][8]
-        let mut bt = vec![Bf16::ZERO; 128]; // [8][16]
+        let mut bt = vec![F16::ZERO; 128]; // [8][16]
         for kk in 0..16 {
             for n in 0..8 {
                 bt[n * 16 + kk] = b[kk * 8 + n];
@@ -145,7 +145,7 @@ fn ldmatrix_and_mma_fragments_multiply_bf16_tiles() {
         let (c, c2) = (c.to_host(d).unwrap(), c2.to_host(d).unwrap());
         for m in 0..16 {
             for n in 0..8 {
-                // Products of bf16 values are exact in f32; sums of 16 such values differ by
+                // Products of f16 values are exact in f32; sums of 16 such values differ by
                 // summation order only.
                 let want: f64 = (0..16)
                     .map(|kk| a[m * 16 + kk].to_f64() * b[kk * 8 + n].to_f64())

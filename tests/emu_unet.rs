@@ -1,8 +1,8 @@
 //! Whole UNet2DModel forward passes through the CUDA backend (emulated device; GPU 0 too when
 //! present) against diffusers' outputs, on the tiny random-weight fixtures of
 //! tools/make_unet_fixtures.py (every supported block type, class conditioning, one and several
-//! heads). The network runs in bf16 storage with f32 accumulation, so the tolerance is the
-//! bf16 one: max abs error <= 3e-2 x max |output| (the CPU backend meets 1e-4, tests/unet_parity.rs).
+//! heads). The network runs in f16 storage with f32 accumulation, so the tolerance is the
+//! f16 one: max abs error <= 5e-3 x max |output| (the CPU backend meets 1e-4, tests/unet_parity.rs).
 
 use crate::common;
 
@@ -20,7 +20,7 @@ const MODELS: [&str; 3] = [
     "gray_cond_multihead_f16",
     "attn_first_cosine_bf16",
 ];
-const REL_TOL: f32 = 3e-2;
+const REL_TOL: f32 = 5e-3;
 
 fn devices() -> Vec<CudaBackend> {
     let mut v = Vec::new();
@@ -38,7 +38,7 @@ fn devices() -> Vec<CudaBackend> {
 }
 
 #[test]
-fn unet_forward_on_the_cuda_backend_matches_diffusers_within_bf16_tolerance() {
+fn unet_forward_on_the_cuda_backend_matches_diffusers_within_f16_tolerance() {
     for b in devices() {
         for name in MODELS {
             let m = UNet::load(&b, &fixture(&format!("unet/{name}/model"))).unwrap();

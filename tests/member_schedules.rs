@@ -246,7 +246,7 @@ fn every_schedule_matches_its_definition_on_the_cpu() {
 }
 
 /// The same schedules through the CUDA backend's kernels on the emulated device, against the
-/// CPU reference (bf16 activations: ~1e-2, as the emulated pipeline test).
+/// CPU reference (f16 activations: ~2e-3, as the emulated pipeline test).
 #[cfg(feature = "emu")]
 #[test]
 fn every_schedule_runs_on_the_emulated_cuda_backend() {
@@ -264,7 +264,7 @@ fn every_schedule_runs_on_the_emulated_cuda_backend() {
             "{schedule} (emu): max abs diff {:.3e}",
             max_abs_diff(&got, &want)
         );
-        assert_close(schedule, &got, &want, 3e-2, 3e-2);
+        assert_close(schedule, &got, &want, 6e-3, 6e-3);
     }
 }
 

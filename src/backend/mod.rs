@@ -143,7 +143,7 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Bytes per stored activation element (4 for f32 on the host, 2 for bf16 on the GPU).
+    /// Bytes per stored activation element (4 for f32 on the host, 2 for f16 on the GPU).
     fn activation_bytes(&self) -> u64 {
         4
     }

@@ -1,5 +1,7 @@
-//! [`CudaBackend`]: the op set on a [`Device`]. Activations are bf16 NHWC in device memory;
-//! biases and normalisation parameters f32; conv/linear weights bf16, reordered once at
+//! [`CudaBackend`]: the op set on a [`Device`]. Activations are f16 NHWC in device memory (IEEE
+//! half: 11 significant bits where bf16 has 8, the precision of the models' own fp16 inference;
+//! arithmetic and accumulation in f32); biases and normalisation parameters f32; conv/linear
+//! weights f16, reordered once at
 //! `prepare_*` to `[cout][ky][kx][cin]` (K contiguous per output channel, what the implicit GEMM
 //! reads). Every op is one or two kernel launches; none uses float atomics.
 
@@ -7,7 +9,7 @@ use std::sync::Arc;
 
 mod pixels;
 
-use super::device::{Bf16, Counted, DevBuf, DevPtr, Device, LaunchCfg};
+use super::device::{Counted, DevBuf, DevPtr, Device, LaunchCfg, F16};
 use super::kernels;
 use crate::backend::{
     Activation, Backend, Conv2d, ConvSpec, LastLayer, Linear, Members, Norm, StepNoise, Transfers,
@@ -22,7 +24,7 @@ use crate::tensor::{Storage, Tensor};
 #[derive(Debug)]
 pub enum CudaStorage {
     /// Activations and weights.
-    Bf16(DevBuf<Bf16>),
+    F16(DevBuf<F16>),
     /// Biases and normalisation parameters; the sampler's state.
     F32(DevBuf<f32>),
     /// Sample indices as (low, high) 32-bit words, for the noise kernels.
@@ -41,6 +43,13 @@ const EW_THREADS: u32 = 256;
 /// Below these sizes a 64x64 tensor-core tile would be mostly padding: the f32 path runs.
 const MMA_MIN_COUT: usize = 16;
 const MMA_MIN_K: usize = 32;
+
+/// Whether a convolution with `cout` outputs and `kdim` = k*k*cin products per output runs on the
+/// tensor cores (`conv2d_mma`, f16 weights) or on the plain path (`conv2d_simple`, f32 weights:
+/// the network's edges, where a 64x64 tile would be mostly padding).
+fn uses_mma(cout: usize, kdim: usize) -> bool {
+    cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K
+}
 /// Largest head dimension of the attention kernel.
 const ATTENTION_MAX_DH: usize = 256;
 
@@ -119,9 +128,9 @@ impl CudaBackend {
         }
     }
 
-    fn bf16<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<Bf16>> {
+    fn f16<'a>(&self, x: &'a Tensor) -> Result<&'a DevBuf<F16>> {
         match self.storage(x)? {
-            CudaStorage::Bf16(b) => Ok(b),
+            CudaStorage::F16(b) => Ok(b),
             _ => Err(err(format!(
                 "tensor {:?} holds f32 parameters or indices, not activations",
                 x.shape()
@@ -133,7 +142,7 @@ impl CudaBackend {
         match self.storage(x)? {
             CudaStorage::F32(b) => Ok(b),
             _ => Err(err(format!(
-                "tensor {:?} holds bf16 data or indices, not f32 values",
+                "tensor {:?} holds f16 activations or indices, not f32 values",
                 x.shape()
             ))),
         }
@@ -158,24 +167,37 @@ impl CudaBackend {
             "conv2d_members: members differ in shape".into()
         })?;
         let per_w = spec.cout * spec.kernel * spec.kernel * spec.cin;
-        let mut wall = self.alloc_bf16(members * per_w)?;
         let mut ball = DevBuf::<f32>::zeros(self.d(), members * spec.cout)?;
         let any_bias = convs.iter().any(|cv| cv.bias.is_some());
+        // The members' weights in their storage type (f32 on the plain path, f16 on the tensor
+        // cores, as `prepare_conv` chose).
+        let wall = if uses_mma(spec.cout, spec.kernel * spec.kernel * spec.cin) {
+            let mut wall = self.alloc_f16(members * per_w)?;
+            for (m, cv) in convs.iter().enumerate() {
+                self.copy(
+                    self.f16(&cv.weight)?.ptr(),
+                    wall.ptr_mut().offset(m * per_w),
+                    per_w,
+                )?;
+            }
+            CudaStorage::F16(wall)
+        } else {
+            let mut wall = DevBuf::<f32>::zeros(self.d(), members * per_w)?;
+            for (m, cv) in convs.iter().enumerate() {
+                self.copy_f32(
+                    self.f32(&cv.weight)?.ptr(),
+                    wall.ptr_mut().offset(m * per_w),
+                    per_w,
+                )?;
+            }
+            CudaStorage::F32(wall)
+        };
         for (m, cv) in convs.iter().enumerate() {
-            self.copy(
-                self.bf16(&cv.weight)?.ptr(),
-                wall.ptr_mut().offset(m * per_w),
-                per_w,
-            )?;
             if let Some(b) = &cv.bias {
-                kernels::copy_f32(
-                    self.d(),
-                    self.ew_cfg(spec.cout),
-                    kernels::CopyF32Args {
-                        x: self.f32(b)?.ptr(),
-                        y: ball.ptr_mut().offset(m * spec.cout),
-                        n: spec.cout as i64,
-                    },
+                self.copy_f32(
+                    self.f32(b)?.ptr(),
+                    ball.ptr_mut().offset(m * spec.cout),
+                    spec.cout,
                 )?;
             }
         }
@@ -183,7 +205,7 @@ impl CudaBackend {
             spec,
             weight: Self::wrap(
                 vec![members * spec.cout, spec.kernel, spec.kernel, spec.cin],
-                CudaStorage::Bf16(wall),
+                wall,
             ),
             bias: any_bias.then(|| Self::wrap(vec![members * spec.cout], CudaStorage::F32(ball))),
         })
@@ -200,15 +222,15 @@ impl CudaBackend {
             format!("conv2d_members: input {:?} for {spec:?}", x.shape())
         })?;
         let (ho, wo) = spec.out_hw(h, w);
-        let mut y = self.alloc_bf16(nb * ho * wo * spec.cout)?;
+        let mut y = self.alloc_f16(nb * ho * wo * spec.cout)?;
         let g = geom(nb, h, w, ho, wo, &spec);
         let bias = match &stacked.bias {
             Some(b) => self.f32(b)?.ptr(),
             None => DevPtr::null(),
         };
         self.conv_launch(
-            self.bf16(x)?.ptr(),
-            self.bf16(&stacked.weight)?.ptr(),
+            self.f16(x)?.ptr(),
+            &stacked.weight,
             bias,
             DevPtr::null(),
             &mut y,
@@ -217,10 +239,7 @@ impl CudaBackend {
             None,
             Activation::None,
         )?;
-        Ok(Self::wrap(
-            vec![nb, ho, wo, spec.cout],
-            CudaStorage::Bf16(y),
-        ))
+        Ok(Self::wrap(vec![nb, ho, wo, spec.cout], CudaStorage::F16(y)))
     }
 
     /// The (rows, per-row values) of a state or activation tensor.
@@ -280,7 +299,7 @@ impl CudaBackend {
         ))
     }
 
-    fn alloc_bf16(&self, n: usize) -> Result<DevBuf<Bf16>> {
+    fn alloc_f16(&self, n: usize) -> Result<DevBuf<F16>> {
         DevBuf::zeros(self.d(), n)
     }
 
@@ -304,7 +323,7 @@ impl CudaBackend {
                 self.d(),
                 LaunchCfg::grid((norm.groups as u32, n as u32, 1), (256, 1, 1)),
                 kernels::GroupNormStatsArgs {
-                    x: self.bf16(x)?.ptr(),
+                    x: self.f16(x)?.ptr(),
                     stats: stats.ptr_mut(),
                     hw: i32_of(h * w, "h*w")?,
                     c: c as i32,
@@ -320,11 +339,11 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn conv_launch(
         &self,
-        x: DevPtr<Bf16>,
-        w: DevPtr<Bf16>,
+        x: DevPtr<F16>,
+        w: &Tensor,
         bias: DevPtr<f32>,
-        residual: DevPtr<Bf16>,
-        y: &mut DevBuf<Bf16>,
+        residual: DevPtr<F16>,
+        y: &mut DevBuf<F16>,
         g: &ConvGeom,
         members: usize,
         prologue: Option<&Prologue>,
@@ -353,7 +372,6 @@ impl CudaBackend {
             ($args:ident { $($only:tt)* }) => {
                 kernels::$args {
                     x,
-                    w,
                     bias,
                     residual,
                     y: y.ptr_mut(),
@@ -377,7 +395,7 @@ impl CudaBackend {
                 }
             };
         }
-        if g.cout >= MMA_MIN_COUT && kdim >= MMA_MIN_K {
+        if uses_mma(g.cout, kdim) {
             let p = g.ho * g.wo;
             let cfg = LaunchCfg::grid(
                 (
@@ -387,9 +405,11 @@ impl CudaBackend {
                 ),
                 (128, 1, 1),
             );
-            kernels::conv2d_mma(self.d(), cfg, conv_args!(Conv2dMmaArgs {}))
+            let w = self.f16(w)?.ptr();
+            kernels::conv2d_mma(self.d(), cfg, conv_args!(Conv2dMmaArgs { w }))
         } else {
-            let args = conv_args!(Conv2dSimpleArgs { n: g.n as i32 });
+            let w = self.f32(w)?.ptr();
+            let args = conv_args!(Conv2dSimpleArgs { w, n: g.n as i32 });
             kernels::conv2d_simple(self.d(), self.ew_cfg(total), args)
         }
     }
@@ -423,7 +443,7 @@ impl CudaBackend {
                 check(r.shape() == oshape.as_slice(), || {
                     format!("conv2d: residual {:?} for output {oshape:?}", r.shape())
                 })?;
-                self.bf16(r)?.ptr()
+                self.f16(r)?.ptr()
             }
             None => DevPtr::null(),
         };
@@ -431,11 +451,11 @@ impl CudaBackend {
             Some(b) => self.f32(b)?.ptr(),
             None => DevPtr::null(),
         };
-        let mut y = self.alloc_bf16(n * ho * wo * spec.cout)?;
+        let mut y = self.alloc_f16(n * ho * wo * spec.cout)?;
         let g = geom(n, h, w, ho, wo, &spec);
         self.conv_launch(
-            self.bf16(x)?.ptr(),
-            self.bf16(&conv.weight)?.ptr(),
+            self.f16(x)?.ptr(),
+            &conv.weight,
             bias,
             res,
             &mut y,
@@ -444,7 +464,7 @@ impl CudaBackend {
             prologue,
             Activation::None,
         )?;
-        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+        Ok(Self::wrap(oshape, CudaStorage::F16(y)))
     }
 
     /// Launch geometry of a grid-stride kernel over `n` items.
@@ -456,20 +476,56 @@ impl CudaBackend {
         )
     }
 
-    fn copy(&self, src: DevPtr<Bf16>, dst: super::device::DevPtrMut<Bf16>, n: usize) -> Result<()> {
+    fn copy(&self, src: DevPtr<F16>, dst: super::device::DevPtrMut<F16>, n: usize) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        kernels::copy_bf16(
+        kernels::copy_f16(
             self.d(),
             self.ew_cfg(n),
-            kernels::CopyBf16Args {
+            kernels::CopyF16Args {
                 x: src,
                 y: dst,
                 n: n as i64,
             },
         )
     }
+
+    fn copy_f32(
+        &self,
+        src: DevPtr<f32>,
+        dst: super::device::DevPtrMut<f32>,
+        n: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        kernels::copy_f32(
+            self.d(),
+            self.ew_cfg(n),
+            kernels::CopyF32Args {
+                x: src,
+                y: dst,
+                n: n as i64,
+            },
+        )
+    }
+}
+
+/// Weights on the device in the storage their convolution kernel reads ([`uses_mma`]): f16 for
+/// the tensor cores, f32 for the plain path.
+fn weight_storage(
+    dev: &dyn Device,
+    w: &[f32],
+    cout: usize,
+    kdim: usize,
+    what: &str,
+) -> Result<CudaStorage> {
+    Ok(if uses_mma(cout, kdim) {
+        CudaStorage::F16(DevBuf::from_host(dev, &to_f16(w, what)?)?)
+    } else {
+        CudaStorage::F32(DevBuf::from_host(dev, w)?)
+    })
 }
 
 fn geom(n: usize, h: usize, w: usize, ho: usize, wo: usize, spec: &ConvSpec) -> ConvGeom {
@@ -497,8 +553,22 @@ fn act_code(act: Activation) -> i32 {
     }
 }
 
-fn to_bf16(data: &[f32]) -> Vec<Bf16> {
-    data.iter().map(|&v| Bf16::from_f32(v)).collect()
+/// `data` in f16; a finite value beyond f16's range (|v| >= 65520 rounds to infinity) is an
+/// error naming `what` and the value, not a silent infinity.
+fn to_f16(data: &[f32], what: &str) -> Result<Vec<F16>> {
+    data.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let h = F16::from_f32(v);
+            check(!h.is_infinite() || v.is_infinite(), || {
+                format!(
+                    "{what}: value {v:e} at index {i} exceeds the device's f16 range (+-65504); \
+                     run this model on --device cpu"
+                )
+            })?;
+            Ok(h)
+        })
+        .collect()
 }
 
 /// The argument struct of a sampler-step kernel: the step's coefficients `co`, its noise
@@ -553,8 +623,8 @@ impl Backend for CudaBackend {
         check(shape.iter().product::<usize>() == data.len(), || {
             format!("upload: {} values for shape {shape:?}", data.len())
         })?;
-        let buf = DevBuf::from_host(self.d(), &to_bf16(data))?;
-        Ok(Self::wrap(shape.to_vec(), CudaStorage::Bf16(buf)))
+        let buf = DevBuf::from_host(self.d(), &to_f16(data, "upload")?)?;
+        Ok(Self::wrap(shape.to_vec(), CudaStorage::F16(buf)))
     }
 
     fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
@@ -562,7 +632,7 @@ impl Backend for CudaBackend {
             return Ok(h.to_vec());
         }
         match self.storage(x)? {
-            CudaStorage::Bf16(b) => Ok(b
+            CudaStorage::F16(b) => Ok(b
                 .to_host(self.d())?
                 .into_iter()
                 .map(|v| v.to_f32())
@@ -586,19 +656,16 @@ impl Backend for CudaBackend {
             })?;
         }
         // [cout][cin][ky][kx] -> [cout][ky][kx][cin]
-        let mut w = vec![Bf16::ZERO; w_oihw.len()];
+        let mut w = vec![0.0f32; w_oihw.len()];
         for o in 0..spec.cout {
             for i in 0..spec.cin {
                 for t in 0..kk {
-                    w[(o * kk + t) * spec.cin + i] =
-                        Bf16::from_f32(w_oihw[(o * spec.cin + i) * kk + t]);
+                    w[(o * kk + t) * spec.cin + i] = w_oihw[(o * spec.cin + i) * kk + t];
                 }
             }
         }
-        let weight = Self::wrap(
-            vec![spec.cout, spec.kernel, spec.kernel, spec.cin],
-            CudaStorage::Bf16(DevBuf::from_host(self.d(), &w)?),
-        );
+        let w = weight_storage(self.d(), &w, spec.cout, kk * spec.cin, "conv weights")?;
+        let weight = Self::wrap(vec![spec.cout, spec.kernel, spec.kernel, spec.cin], w);
         let bias = bias
             .map(|b| self.upload_f32(vec![b.len()], b))
             .transpose()?;
@@ -623,7 +690,7 @@ impl Backend for CudaBackend {
         // [dout][din] is already the GEMM's [cout][K] layout.
         let weight = Self::wrap(
             vec![dout, din],
-            CudaStorage::Bf16(DevBuf::from_host(self.d(), &to_bf16(w))?),
+            weight_storage(self.d(), w, dout, din, "linear weights")?,
         );
         let bias = bias
             .map(|b| self.upload_f32(vec![b.len()], b))
@@ -693,13 +760,13 @@ impl Backend for CudaBackend {
         let (_, h, w, c) = x.nhwc();
         let stats = self.group_stats(x, norm)?;
         let n = x.numel();
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
             kernels::group_norm_apply(
                 self.d(),
                 self.ew_cfg(n),
                 kernels::GroupNormApplyArgs {
-                    x: self.bf16(x)?.ptr(),
+                    x: self.f16(x)?.ptr(),
                     stats: stats.ptr(),
                     gamma: self.f32(&norm.gamma)?.ptr(),
                     beta: self.f32(&norm.beta)?.ptr(),
@@ -712,7 +779,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn group_norm_scale_shift(
@@ -732,17 +799,17 @@ impl Backend for CudaBackend {
         })?;
         let stats = self.group_stats(x, norm)?;
         let n = x.numel();
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
             kernels::group_norm_scale_shift_apply(
                 self.d(),
                 self.ew_cfg(n),
                 kernels::GroupNormScaleShiftApplyArgs {
-                    x: self.bf16(x)?.ptr(),
+                    x: self.f16(x)?.ptr(),
                     stats: stats.ptr(),
                     gamma: self.f32(&norm.gamma)?.ptr(),
                     beta: self.f32(&norm.beta)?.ptr(),
-                    ss: self.bf16(ss)?.ptr(),
+                    ss: self.f16(ss)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i64,
                     hw: i32_of(h * w, "h*w")?,
@@ -752,7 +819,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn layer_norm(&self, x: &Tensor, norm: &Norm) -> Result<Tensor> {
@@ -765,13 +832,13 @@ impl Backend for CudaBackend {
             )
         })?;
         let rows = x.numel() / d;
-        let mut y = self.alloc_bf16(x.numel())?;
+        let mut y = self.alloc_f16(x.numel())?;
         if rows > 0 {
-            kernels::layer_norm_bf16(
+            kernels::layer_norm_f16(
                 self.d(),
                 LaunchCfg::linear(rows as u32, 256),
-                kernels::LayerNormBf16Args {
-                    x: self.bf16(x)?.ptr(),
+                kernels::LayerNormF16Args {
+                    x: self.f16(x)?.ptr(),
                     gamma: self.f32(&norm.gamma)?.ptr(),
                     beta: self.f32(&norm.beta)?.ptr(),
                     y: y.ptr_mut(),
@@ -780,7 +847,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn linear(
@@ -803,7 +870,7 @@ impl Backend for CudaBackend {
                 check(r.shape() == oshape.as_slice(), || {
                     format!("linear: residual {:?} for {oshape:?}", r.shape())
                 })?;
-                self.bf16(r)?.ptr()
+                self.f16(r)?.ptr()
             }
             None => DevPtr::null(),
         };
@@ -811,7 +878,7 @@ impl Backend for CudaBackend {
             Some(b) => self.f32(b)?.ptr(),
             None => DevPtr::null(),
         };
-        let mut y = self.alloc_bf16(rows * lin.dout)?;
+        let mut y = self.alloc_f16(rows * lin.dout)?;
         // A 1x1 convolution over a 1 x rows image.
         let g = ConvGeom {
             n: 1,
@@ -826,8 +893,8 @@ impl Backend for CudaBackend {
             pad: 0,
         };
         self.conv_launch(
-            self.bf16(x)?.ptr(),
-            self.bf16(&lin.weight)?.ptr(),
+            self.f16(x)?.ptr(),
+            &lin.weight,
             bias,
             res,
             &mut y,
@@ -836,25 +903,25 @@ impl Backend for CudaBackend {
             None,
             act,
         )?;
-        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+        Ok(Self::wrap(oshape, CudaStorage::F16(y)))
     }
 
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let n = x.numel();
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
-            kernels::activation_bf16(
+            kernels::activation_f16(
                 self.d(),
                 self.ew_cfg(n),
-                kernels::ActivationBf16Args {
-                    x: self.bf16(x)?.ptr(),
+                kernels::ActivationF16Args {
+                    x: self.f16(x)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i64,
                     act: act_code(act),
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -862,20 +929,20 @@ impl Backend for CudaBackend {
             format!("add: shapes {:?} and {:?}", a.shape(), b.shape())
         })?;
         let n = a.numel();
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
-            kernels::add_bf16(
+            kernels::add_f16(
                 self.d(),
                 self.ew_cfg(n),
-                kernels::AddBf16Args {
-                    a: self.bf16(a)?.ptr(),
-                    b: self.bf16(b)?.ptr(),
+                kernels::AddF16Args {
+                    a: self.f16(a)?.ptr(),
+                    b: self.f16(b)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i64,
                 },
             )?;
         }
-        Ok(Self::wrap(a.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(a.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn add_per_sample(&self, x: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -885,14 +952,14 @@ impl Backend for CudaBackend {
             format!("add_per_sample: {:?} + {:?}", x.shape(), v.shape())
         })?;
         let total = x.numel();
-        let mut y = self.alloc_bf16(total)?;
+        let mut y = self.alloc_f16(total)?;
         if total > 0 {
-            kernels::add_per_sample_bf16(
+            kernels::add_per_sample_f16(
                 self.d(),
                 self.ew_cfg(total),
-                kernels::AddPerSampleBf16Args {
-                    x: self.bf16(x)?.ptr(),
-                    v: self.bf16(v)?.ptr(),
+                kernels::AddPerSampleF16Args {
+                    x: self.f16(x)?.ptr(),
+                    v: self.f16(v)?.ptr(),
                     y: y.ptr_mut(),
                     n: total as i64,
                     per_sample: (total / n) as i64,
@@ -900,7 +967,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn attention(
@@ -925,7 +992,7 @@ impl Backend for CudaBackend {
         })?;
         check(ks[1] > 0 || qs[1] == 0, || "attention: no keys".into())?;
         let (n, lq, lk) = (qs[0], qs[1], ks[1]);
-        let mut y = self.alloc_bf16(q.numel())?;
+        let mut y = self.alloc_f16(q.numel())?;
         if q.numel() > 0 {
             let smem = ((16 * dh + 32 * (dh + 1) + 32 * dh + 4 * 32) * 4) as u32;
             let cfg = LaunchCfg::grid(
@@ -933,13 +1000,13 @@ impl Backend for CudaBackend {
                 (128, 1, 1),
             )
             .with_smem(smem);
-            kernels::attention_bf16(
+            kernels::attention_f16(
                 self.d(),
                 cfg,
-                kernels::AttentionBf16Args {
-                    q: self.bf16(q)?.ptr(),
-                    k: self.bf16(k)?.ptr(),
-                    v: self.bf16(v)?.ptr(),
+                kernels::AttentionF16Args {
+                    q: self.f16(q)?.ptr(),
+                    k: self.f16(k)?.ptr(),
+                    v: self.f16(v)?.ptr(),
                     out: y.ptr_mut(),
                     lq: i32_of(lq, "query length")?,
                     lk: i32_of(lk, "key length")?,
@@ -949,20 +1016,20 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(qs.to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(qs.to_vec(), CudaStorage::F16(y)))
     }
 
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         let total = n * 4 * h * w * c;
-        let mut y = self.alloc_bf16(total)?;
+        let mut y = self.alloc_f16(total)?;
         if total > 0 {
             i32_of(total, "tensor size")?;
-            kernels::upsample_nearest2x_bf16(
+            kernels::upsample_nearest2x_f16(
                 self.d(),
                 self.ew_cfg(total),
-                kernels::UpsampleNearest2xBf16Args {
-                    x: self.bf16(x)?.ptr(),
+                kernels::UpsampleNearest2xF16Args {
+                    x: self.f16(x)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i32,
                     h: h as i32,
@@ -971,20 +1038,20 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::Bf16(y)))
+        Ok(Self::wrap(vec![n, 2 * h, 2 * w, c], CudaStorage::F16(y)))
     }
 
     fn avg_pool2x(&self, x: &Tensor) -> Result<Tensor> {
         let (n, h, w, c) = x.nhwc();
         let total = n * (h / 2) * (w / 2) * c;
-        let mut y = self.alloc_bf16(total)?;
+        let mut y = self.alloc_f16(total)?;
         if total > 0 {
             i32_of(n * h * w * c, "tensor size")?;
-            kernels::avg_pool2x_bf16(
+            kernels::avg_pool2x_f16(
                 self.d(),
                 self.ew_cfg(total),
-                kernels::AvgPool2xBf16Args {
-                    x: self.bf16(x)?.ptr(),
+                kernels::AvgPool2xF16Args {
+                    x: self.f16(x)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i32,
                     h: h as i32,
@@ -993,7 +1060,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::Bf16(y)))
+        Ok(Self::wrap(vec![n, h / 2, w / 2, c], CudaStorage::F16(y)))
     }
 
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -1003,14 +1070,14 @@ impl Backend for CudaBackend {
             format!("concat_channels: {:?} and {:?}", a.shape(), b.shape())
         })?;
         let pixels = n * h * w;
-        let mut y = self.alloc_bf16(pixels * (ca + cb))?;
+        let mut y = self.alloc_f16(pixels * (ca + cb))?;
         if pixels * (ca + cb) > 0 {
-            kernels::concat_channels_bf16(
+            kernels::concat_channels_f16(
                 self.d(),
                 self.ew_cfg(pixels * (ca + cb)),
-                kernels::ConcatChannelsBf16Args {
-                    a: self.bf16(a)?.ptr(),
-                    b: self.bf16(b)?.ptr(),
+                kernels::ConcatChannelsF16Args {
+                    a: self.f16(a)?.ptr(),
+                    b: self.f16(b)?.ptr(),
                     y: y.ptr_mut(),
                     pixels: pixels as i64,
                     ca: ca as i32,
@@ -1018,7 +1085,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(vec![n, h, w, ca + cb], CudaStorage::Bf16(y)))
+        Ok(Self::wrap(vec![n, h, w, ca + cb], CudaStorage::F16(y)))
     }
 
     fn concat_batch(&self, parts: &[Tensor]) -> Result<Tensor> {
@@ -1036,15 +1103,15 @@ impl Backend for CudaBackend {
             },
         )?;
         let total: usize = parts.iter().map(|p| p.numel()).sum();
-        let mut y = self.alloc_bf16(total)?;
+        let mut y = self.alloc_f16(total)?;
         let mut off = 0;
         for p in parts {
-            self.copy(self.bf16(p)?.ptr(), y.ptr_mut().offset(off), p.numel())?;
+            self.copy(self.f16(p)?.ptr(), y.ptr_mut().offset(off), p.numel())?;
             off += p.numel();
         }
         let mut oshape = parts[0].shape().to_vec();
         oshape[0] = parts.iter().map(|p| p.shape()[0]).sum();
-        Ok(Self::wrap(oshape, CudaStorage::Bf16(y)))
+        Ok(Self::wrap(oshape, CudaStorage::F16(y)))
     }
 
     fn upload_params(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
@@ -1142,8 +1209,8 @@ impl Backend for CudaBackend {
             && (mc == c || mc == 2 * c)
             && (co.learned_range == 0 || mc == 2 * c)
             && rows % members == 0
-            && !(mc >= MMA_MIN_COUT && spec.kernel * spec.kernel * spec.cin >= MMA_MIN_K)
-            && matches!(self.storage(h)?, CudaStorage::Bf16(_));
+            && !uses_mma(mc, spec.kernel * spec.kernel * spec.cin)
+            && matches!(self.storage(h)?, CudaStorage::F16(_));
         if !fused {
             return crate::backend::last_layer_then_step(self, h, last, co, x, noise);
         }
@@ -1161,8 +1228,8 @@ impl Backend for CudaBackend {
                 self.d(),
                 self.ew_cfg(n),
                 step_args!(LastLayerStepF32Args, co, (idx, seed, sub, rps), c, n, mc, {
-                    h: self.bf16(h)?.ptr(),
-                    w: self.bf16(&conv.weight)?.ptr(),
+                    h: self.f16(h)?.ptr(),
+                    w: self.f32(&conv.weight)?.ptr(),
                     bias,
                     cin: spec.cin as i32,
                     ksize: spec.kernel as i32,
@@ -1196,7 +1263,7 @@ impl Backend for CudaBackend {
                 self.ew_cfg(n),
                 step_args!(SamplerStepF32Args, co, (idx, seed, sub, rps), c, n, mc, {
                     x: self.f32(x)?.ptr(),
-                    m: self.bf16(m)?.ptr(),
+                    m: self.f16(m)?.ptr(),
                     y: y.ptr_mut(),
                     hw: (s * s) as i32,
                 }),
@@ -1207,12 +1274,12 @@ impl Backend for CudaBackend {
 
     fn state_as_input(&self, x: &Tensor, center: bool) -> Result<Tensor> {
         let n = x.numel();
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
-            kernels::state_to_input_bf16(
+            kernels::state_to_input_f16(
                 self.d(),
                 self.ew_cfg(n),
-                kernels::StateToInputBf16Args {
+                kernels::StateToInputF16Args {
                     x: self.f32(x)?.ptr(),
                     y: y.ptr_mut(),
                     n: n as i64,
@@ -1220,7 +1287,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::Bf16(y)))
+        Ok(Self::wrap(x.shape().to_vec(), CudaStorage::F16(y)))
     }
 
     fn repeat_rows(&self, x: &Tensor, k: usize) -> Result<Tensor> {
@@ -1251,13 +1318,13 @@ impl Backend for CudaBackend {
                 }
                 Ok(Self::wrap(shape, CudaStorage::F32(y)))
             }
-            CudaStorage::Bf16(b) => {
-                let mut y = self.alloc_bf16(n)?;
+            CudaStorage::F16(b) => {
+                let mut y = self.alloc_f16(n)?;
                 if n > 0 {
-                    kernels::repeat_rows_bf16(
+                    kernels::repeat_rows_f16(
                         self.d(),
                         cfg,
-                        kernels::RepeatRowsBf16Args {
+                        kernels::RepeatRowsF16Args {
                             x: b.ptr(),
                             y: y.ptr_mut(),
                             per: per as i64,
@@ -1266,7 +1333,7 @@ impl Backend for CudaBackend {
                         },
                     )?;
                 }
-                Ok(Self::wrap(shape, CudaStorage::Bf16(y)))
+                Ok(Self::wrap(shape, CudaStorage::F16(y)))
             }
             CudaStorage::U32(_) => Err(err("repeat_rows: a sample-streams handle".into())),
         }
@@ -1301,12 +1368,12 @@ impl Backend for CudaBackend {
         let half = freqs.numel();
         let n = rows * 2 * half;
         i32_of(n, "tensor size")?;
-        let mut y = self.alloc_bf16(n)?;
+        let mut y = self.alloc_f16(n)?;
         if n > 0 {
-            kernels::timestep_features_bf16(
+            kernels::timestep_features_f16(
                 self.d(),
                 self.ew_cfg(rows * half),
-                kernels::TimestepFeaturesBf16Args {
+                kernels::TimestepFeaturesF16Args {
                     freqs: self.f32(freqs)?.ptr(),
                     y: y.ptr_mut(),
                     rows: rows as i32,
@@ -1316,7 +1383,7 @@ impl Backend for CudaBackend {
                 },
             )?;
         }
-        Ok(Self::wrap(vec![rows, 2 * half], CudaStorage::Bf16(y)))
+        Ok(Self::wrap(vec![rows, 2 * half], CudaStorage::F16(y)))
     }
 
     fn member_entropy(&self, features: &Tensor, k: usize, sigma2: f64) -> Result<Vec<f32>> {
@@ -1343,10 +1410,10 @@ impl Backend for CudaBackend {
                     sigma2_lo: lo,
                 },
             )?,
-            CudaStorage::Bf16(b) => kernels::gaussian_entropy_bf16(
+            CudaStorage::F16(b) => kernels::gaussian_entropy_f16(
                 self.d(),
                 cfg,
-                kernels::GaussianEntropyBf16Args {
+                kernels::GaussianEntropyF16Args {
                     f: b.ptr(),
                     out: out.ptr_mut(),
                     k: k as i32,

@@ -1,5 +1,5 @@
 //! The extractor's preprocessing on the device (`kernels/pixels.cu`): final samples to the
-//! extractor's bf16 input without leaving the device, equal to [`PixelPlan::host_pixels`]
+//! extractor's f16 input without leaving the device, equal to [`PixelPlan::host_pixels`]
 //! uploaded (bit for bit: every step rounds as the host does).
 
 use super::{check, err, i32_of, CudaBackend, CudaStorage};
@@ -166,12 +166,12 @@ impl CudaBackend {
             format!("extractor_pixels: resized to {h}x{w}, expected {rh}x{rw}")
         })?;
         let len = n * oh * ow * co;
-        let mut out = self.alloc_bf16(len)?;
+        let mut out = self.alloc_f16(len)?;
         let cr = plan.crop;
-        kernels::clip_pixels_bf16(
+        kernels::clip_pixels_f16(
             self.d(),
             self.ew_cfg(len),
-            kernels::ClipPixelsBf16Args {
+            kernels::ClipPixelsF16Args {
                 x: img.ptr(),
                 y: out.ptr_mut(),
                 mean: t.mean.as_ref().map_or(DevPtr::null(), |b| b.ptr()),
@@ -192,6 +192,6 @@ impl CudaBackend {
                 normalize: t.mean.is_some() as i32,
             },
         )?;
-        Ok(Self::wrap(vec![n, oh, ow, co], CudaStorage::Bf16(out)))
+        Ok(Self::wrap(vec![n, oh, ow, co], CudaStorage::F16(out)))
     }
 }
