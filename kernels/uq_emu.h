@@ -155,6 +155,10 @@ struct Warp {
     unsigned lanes = 32;
     Barrier bar;
     alignas(16) unsigned char slot[32][128];  // 16 words of 8 bytes per lane
+    // The tensor-core helpers' fragments decoded to f32 once per warp (by the last lane to reach
+    // the barrier), instead of by every lane for every product: A tiles [m][row][k], B [n][k][col].
+    float mma_a[4][16][16];
+    float mma_b[8][16][8];
     void sync() { bar.arrive_and_wait(); }
 };
 

@@ -141,10 +141,28 @@ inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][
         for (int i = 0; i < 4; ++i) uq_emu::put(l, m * 4 + i, a[m][i]);
     for (int n = 0; n < N; ++n)
         for (int j = 0; j < 2; ++j) uq_emu::put(l, M * 4 + n * 2 + j, b[n][j]);
-    w.sync();
+    static_assert(M <= 4 && N <= 8, "decoded tiles exceed the warp's buffers");
+    // The last lane to arrive decodes every published fragment to f32 once for the warp.
+    w.bar.arrive_and_wait([&w] {
+        for (int m = 0; m < M; ++m)
+            for (int row = 0; row < 16; ++row)
+                for (int k = 0; k < 16; ++k) w.mma_a[m][row][k] = uq_emu::frag_a(m * 4, row, k);
+        for (int n = 0; n < N; ++n)
+            for (int k = 0; k < 16; ++k)
+                for (int col = 0; col < 8; ++col) w.mma_b[n][k][col] = uq_emu::frag_b(M * 4 + n * 2, k, col);
+    });
+    // This lane's D elements, summed over k in order from zero as `mma_lane` does.
+    const int g = (int)l / 4, t = (int)l % 4;
     float out[M][N][4];
     for (int m = 0; m < M; ++m)
-        for (int n = 0; n < N; ++n) uq_emu::mma_lane(out[m][n], m * 4, M * 4 + n * 2);
+        for (int n = 0; n < N; ++n)
+            for (int i = 0; i < 4; ++i) {
+                const float* ar = w.mma_a[m][g + (i >= 2 ? 8 : 0)];
+                const int col = 2 * t + (i & 1);
+                float s = 0.0f;
+                for (int k = 0; k < 16; ++k) s += ar[k] * w.mma_b[n][k][col];
+                out[m][n][i] = s;
+            }
     w.sync();
     for (int m = 0; m < M; ++m)
         for (int n = 0; n < N; ++n)
