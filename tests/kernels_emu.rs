@@ -516,6 +516,52 @@ fn mismatched_shapes_are_errors_not_panics() {
     }
 }
 
+/// f16 storage: a finite value beyond its range (|v| >= 65520 rounds to infinity) is an error
+/// naming what held it, for activations uploaded and for tensor-core weights; the largest f16
+/// and the plain path's f32 weights pass; infinities stay infinities (the non-finite checks
+/// downstream name the sample).
+#[test]
+fn values_beyond_the_f16_range_are_errors_naming_them() {
+    for p in pairs() {
+        let d = p.dev.as_ref();
+        let e = d
+            .upload(&[1, 1, 1, 2], &[1.0, 7.0e4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upload") && e.contains("f16 range") && e.contains("index 1"),
+            "{e}"
+        );
+        assert!(d.upload(&[1, 1, 1, 2], &[65504.0, -65504.0]).is_ok());
+        assert!(d.upload(&[1, 1, 1, 1], &[f32::INFINITY]).is_ok());
+        // 16 outputs x K 36: the tensor-core path, f16 weights.
+        let mut w = vec![0.01; 16 * 4 * 9];
+        w[5] = -1.0e5;
+        let e = d
+            .prepare_conv(ConvSpec::new(4, 16, 3, 1, 1), &w, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conv weights") && e.contains("f16 range"), "{e}");
+        let e = d
+            .prepare_linear(32, 16, &[1.0e6; 32 * 16], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("linear weights") && e.contains("f16 range"),
+            "{e}"
+        );
+        // 3 outputs: the plain path keeps f32 weights, so the same value is accepted and used.
+        let mut w = vec![0.0; 3 * 4 * 9];
+        w[4] = 1.0e5; // [cout][cin][ky][kx]: output 0, input 0, centre tap
+        let conv = d
+            .prepare_conv(ConvSpec::new(4, 3, 3, 1, 1), &w, None)
+            .unwrap();
+        let x = d.upload(&[1, 1, 1, 4], &[1.0e-3, 0.0, 0.0, 0.0]).unwrap();
+        let y = d.download(&d.conv2d(&x, &conv, None).unwrap()).unwrap();
+        assert!((y[0] - 100.0).abs() < 0.1, "{y:?}");
+    }
+}
+
 #[test]
 fn device_selection_falls_back_to_cpu_and_rejects_unknown_names() {
     use uqengine::backend::cuda::select_backend;
