@@ -672,3 +672,55 @@ fn fused_last_layer_step_equals_the_convolution_then_the_step() {
         }
     }
 }
+
+/// The members' last layers keep f32 weights on the device: two members whose weights differ by
+/// 2^-13 of their size (below f16's spacing, which would merge them into one) give outputs that
+/// differ by what the CPU's differ by. The same features and state on both rows, so the
+/// difference is the weights' alone.
+#[test]
+fn member_weights_finer_than_f16_stay_distinct() {
+    use uqengine::backend::LastLayer;
+    let cpu = CpuBackend::new();
+    let (s, cin) = (4, 8);
+    let one = values(s * s * cin, 71, 1.0);
+    let h: Vec<f32> = one.iter().chain(&one).copied().collect();
+    let x1 = values(s * s, 73, 1.0);
+    let x: Vec<f32> = x1.iter().chain(&x1).copied().collect();
+    let spec = ConvSpec::new(cin, 1, 3, 1, 1);
+    let w0 = values(cin * 9, 72, 0.3);
+    let w1: Vec<f32> = w0.iter().map(|v| v * (1.0 + 1.0 / 8192.0)).collect();
+    let sampler = Sampler::new(
+        &SchedulerConfig::default(),
+        SamplerKind::Ddim { eta: 0.0 },
+        4,
+    )
+    .unwrap();
+    let co = sampler.step_coefficients(1);
+    let run = |be: &dyn Backend| {
+        let convs: Vec<_> = [&w0, &w1]
+            .iter()
+            .map(|w| be.prepare_conv(spec, w, Some(&[0.1])).unwrap())
+            .collect();
+        let members = be.prepare_members(&convs).unwrap();
+        let hb = be.upload(&[2, s, s, cin], &h).unwrap();
+        let xb = be.state_from_host(&[2, s, s, 1], &x).unwrap();
+        let y = be
+            .last_layer_step(&hb, LastLayer::Members(&members), &co, &xb, None)
+            .unwrap();
+        let y = be.state_to_host(&y).unwrap();
+        let per = s * s;
+        (0..per).map(|i| y[per + i] - y[i]).collect::<Vec<f32>>()
+    };
+    let want = run(&cpu);
+    let scale = common::max_abs(&want);
+    assert!(scale > 1e-6, "the members must differ on the CPU: {want:?}");
+    for (dev, _) in devices() {
+        let got = run(dev.as_ref());
+        let err = common::max_abs_diff(&got, &want);
+        assert!(
+            err <= 2e-2 * scale,
+            "{}: member difference {got:?} against the CPU's {want:?}",
+            dev.name()
+        );
+    }
+}
