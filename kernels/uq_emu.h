@@ -155,11 +155,21 @@ struct Warp {
     unsigned lanes = 32;
     Barrier bar;
     alignas(16) unsigned char slot[32][128];  // 16 words of 8 bytes per lane
-    // The tensor-core helpers' fragments decoded to f32 once per warp (by the last lane to reach
-    // the barrier), instead of by every lane for every product: A tiles [m][row][k], B [n][k][col].
+    // Work done once per warp after an exchange's barrier, by the first lane to resume (fibers
+    // run one at a time), instead of by every lane: the tensor-core helpers' fragments decoded to
+    // f32 (A tiles [m][row][k], B [n][k][col]) and every lane's warp_butterfly result. `*_phase`
+    // is the barrier phase they were computed for.
     float mma_a[4][16][16];
     float mma_b[8][16][8];
+    float butterfly[32];
+    unsigned mma_phase = ~0u, butterfly_phase = ~0u;
     void sync() { bar.arrive_and_wait(); }
+    /// After a barrier: true for the first lane to resume, which then does the warp's shared work.
+    bool first_after_barrier(unsigned& done_phase) {
+        if (done_phase == bar.phase) return false;
+        done_phase = bar.phase;
+        return true;
+    }
 };
 
 /// What the threads of the launch in flight share.
@@ -414,26 +424,31 @@ inline T exchange(T v, Src src) {
 
 namespace uq_emu {
 /// The butterfly `for o in 16, 8, 4, 2, 1: v = op(v, shfl_xor(v, o))` with one exchange instead
-/// of five: every lane replays all stages on the published values, so each lane gets exactly
-/// the value (and rounding) the shuffle sequence gives it on a GPU.
+/// of five: the stages are replayed on the published values, so each lane gets exactly the
+/// value (and rounding) the shuffle sequence gives it on a GPU.
 template <class F>
 inline float warp_butterfly(float v, F op) {
     Warp& w = warp();
     const unsigned l = lane();
     put(l, 0, v);
     w.sync();
-    float vals[32];
-    for (unsigned i = 0; i < w.lanes; ++i) vals[i] = get<float>(i, 0);
-    w.sync();
-    for (unsigned o = 16; o > 0; o >>= 1) {
-        float next[32];
-        for (unsigned i = 0; i < w.lanes; ++i) {
-            const unsigned p = i ^ o;
-            next[i] = op(vals[i], p < w.lanes ? vals[p] : vals[i]);
+    // The first lane to resume replays the stages once for the warp.
+    if (w.first_after_barrier(w.butterfly_phase)) {
+        float vals[32];
+        for (unsigned i = 0; i < w.lanes; ++i) vals[i] = get<float>(i, 0);
+        for (unsigned o = 16; o > 0; o >>= 1) {
+            float next[32];
+            for (unsigned i = 0; i < w.lanes; ++i) {
+                const unsigned p = i ^ o;
+                next[i] = op(vals[i], p < w.lanes ? vals[p] : vals[i]);
+            }
+            for (unsigned i = 0; i < w.lanes; ++i) vals[i] = next[i];
         }
-        for (unsigned i = 0; i < w.lanes; ++i) vals[i] = next[i];
+        for (unsigned i = 0; i < w.lanes; ++i) w.butterfly[i] = vals[i];
     }
-    return vals[l];
+    const float r = w.butterfly[l];
+    w.sync();
+    return r;
 }
 }  // namespace uq_emu
 

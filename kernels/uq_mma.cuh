@@ -142,15 +142,16 @@ inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][
     for (int n = 0; n < N; ++n)
         for (int j = 0; j < 2; ++j) uq_emu::put(l, M * 4 + n * 2 + j, b[n][j]);
     static_assert(M <= 4 && N <= 8, "decoded tiles exceed the warp's buffers");
-    // The last lane to arrive decodes every published fragment to f32 once for the warp.
-    w.bar.arrive_and_wait([&w] {
+    w.sync();
+    // The first lane to resume decodes every published fragment to f32 once for the warp.
+    if (w.first_after_barrier(w.mma_phase)) {
         for (int m = 0; m < M; ++m)
             for (int row = 0; row < 16; ++row)
                 for (int k = 0; k < 16; ++k) w.mma_a[m][row][k] = uq_emu::frag_a(m * 4, row, k);
         for (int n = 0; n < N; ++n)
             for (int k = 0; k < 16; ++k)
                 for (int col = 0; col < 8; ++col) w.mma_b[n][k][col] = uq_emu::frag_b(M * 4 + n * 2, k, col);
-    });
+    }
     // This lane's D elements, summed over k in order from zero as `mma_lane` does.
     const int g = (int)l / 4, t = (int)l % 4;
     float out[M][N][4];
