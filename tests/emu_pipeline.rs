@@ -136,3 +136,67 @@ fn the_demo_samples_on_emu_are_within_2e_2_of_the_cpu() {
         "demo samples: emu differs from the CPU by {diff}"
     );
 }
+
+/// f16 activations: a starting noise far beyond what a model sees (1e5) stays finite on the CPU
+/// (f32) but overflows f16 on the device, and the run stops with the non-finite error naming the
+/// sample instead of writing it; `--on-non-finite mark` keeps the run and marks it.
+#[test]
+fn an_activation_beyond_the_f16_range_is_a_non_finite_error_naming_the_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let noise = tmp.path().join("noise.npy");
+    let z: Vec<f32> = (0..2 * 32 * 32)
+        .map(|i| {
+            let v = ((i * 37 % 101) as f32 / 50.0) - 1.0;
+            if i >= 32 * 32 {
+                v * 1e5
+            } else {
+                v
+            }
+        })
+        .collect();
+    npy::write_f32(&noise, &[2, 1, 32, 32], &z).unwrap();
+    let run = |device: &str, extra: &[&str]| {
+        let out = tmp.path().join(format!("{device}{}", extra.len()));
+        let mut args = vec![
+            "sample",
+            "--num",
+            "2",
+            "--steps",
+            "2",
+            "--no-uncertainty",
+            "--noise",
+            s(&noise),
+            "--device",
+            device,
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_uqengine"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+            out,
+        )
+    };
+    let (ok, log, _) = run("cpu", &[]);
+    assert!(ok, "the CPU computes in f32: {log}");
+    let (ok, log, out) = run("emu", &[]);
+    assert!(
+        !ok && log.contains("sample 1") && log.contains("not finite"),
+        "{log}"
+    );
+    assert!(!out.join("samples.npy").exists());
+    let (ok, log, out) = run("emu", &["--on-non-finite", "mark"]);
+    assert!(ok, "{log}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["invalid_samples"],
+        serde_json::json!([1]),
+        "{summary}"
+    );
+}
