@@ -5,6 +5,9 @@
 //! bandwidth, from a table keyed by the device name), and writes JSON (`UQENGINE_BENCH_JSON`, default
 //! `target/kernels-bench.json`).
 //!
+//! Then whole sampling runs (`Generator::run`, x_T to the final samples) of the demo model and
+//! the ddpm-cifar10-32 architecture at K = 1 and K = 6, in images/s.
+//!
 //! `cargo bench --bench kernels` runs on GPU 0. Without a GPU, built with `--features emu`, it
 //! runs on the emulated device at smoke size (every shape divided down, one repetition): the
 //! numbers then say nothing about speed, the run checks that every benchmark executes (CI runs
@@ -16,6 +19,10 @@ use std::time::Instant;
 use uqengine::backend::cuda::gpu::GpuDevice;
 use uqengine::backend::cuda::CudaBackend;
 use uqengine::backend::{Activation, Backend, ConvSpec, LastLayer, StepNoise};
+use uqengine::member_schedule::MemberSchedule;
+use uqengine::models::unet::{UNet, UNetConfig};
+use uqengine::models::weights::Weights;
+use uqengine::pipeline::{BatchInput, Generator};
 use uqengine::rng::Purpose;
 use uqengine::sampler::{Sampler, SamplerKind, SchedulerConfig};
 use uqengine::Tensor;
@@ -208,6 +215,75 @@ impl Bench {
     /// model output channels), the starting noise, and the entropy reduction of `rows` member
     /// features.
     #[allow(clippy::too_many_arguments)]
+    /// Whole sampling runs (`Generator::run`: trunk, K last layers, the sampler, from generated
+    /// x_T to the final samples on the host) of `batch` samples with `k` members over `steps`
+    /// DDIM steps; prints and records images/s (samples, each with its K members, per second).
+    fn end_to_end(&mut self, model: &str, unet: &UNet, batch: usize, k: usize, steps: usize) {
+        let b = self.b.clone();
+        let spec = unet.conv_out.spec;
+        // Member 0 stands in for the MAP, the others for posterior draws (timing only).
+        let convs: Vec<_> = (0..k as u64)
+            .map(|m| {
+                let n = spec.cout * spec.cin * spec.kernel * spec.kernel;
+                b.prepare_conv(
+                    spec,
+                    &values(n, 90 + m, 0.02),
+                    Some(&values(spec.cout, 95 + m, 0.01)),
+                )
+                .unwrap()
+            })
+            .collect();
+        let sampler = Sampler::new(
+            &SchedulerConfig::default(),
+            SamplerKind::Ddim { eta: 0.0 },
+            steps,
+        )
+        .unwrap();
+        let generator = Generator {
+            backend: &b,
+            unet,
+            sampler: &sampler,
+            members: b.prepare_members(&convs).unwrap(),
+            schedule: MemberSchedule::Full,
+            seed: 0,
+        };
+        let input = BatchInput {
+            indices: (0..batch).collect(),
+            classes: unet
+                .config
+                .num_class_embeds
+                .map(|n| (0..batch).map(|i| i % n).collect()),
+            noise: None,
+        };
+        let reps = if self.smoke { 1 } else { 3 };
+        if !self.smoke {
+            generator.run(&input, |_| {}).unwrap();
+        }
+        let mut t = Vec::new();
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            let out = generator.run(&input, |_| {}).unwrap();
+            t.push(t0.elapsed().as_secs_f64());
+            assert!(
+                out.iter().all(|v| v.is_finite()),
+                "{model}: non-finite samples"
+            );
+        }
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let secs = t[t.len() / 2];
+        let ips = batch as f64 / secs;
+        let shape = format!("b{batch} K{k} {steps} steps");
+        println!(
+            "{model:10} {:18} {shape:36} {:10.2} ms {ips:10.1} images/s",
+            "sample_end_to_end",
+            secs * 1e3
+        );
+        self.rows.push(serde_json::json!({
+            "model": model, "op": "sample_end_to_end", "shape": shape, "ms": secs * 1e3,
+            "images_per_s": ips, "batch": batch, "members": k, "steps": steps,
+        }));
+    }
+
     fn sampler(
         &mut self,
         model: &str,
@@ -370,6 +446,29 @@ fn main() {
     }
     let (smp, s) = if smoke { (1, 8) } else { (8, 128) };
     bench.sampler("adm-128", smp, 6, s, 3, if smoke { 16 } else { 256 }, 6);
+    // End to end: the demo model (its own weights) and the ddpm-cifar10-32 architecture
+    // (synthetic weights) at K = 1 and K = 6, 16 samples, 50 steps; smoke size: 1 sample, 1
+    // step, K = 1 and 2 (the demo) and K = 1 (cifar).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = UNet::load(&bench.b.clone(), &root.join("assets/demo/unet")).unwrap();
+    for k in [1, 6] {
+        let (batch, steps) = if smoke { (1, 1) } else { (16, 50) };
+        bench.end_to_end(
+            "demo",
+            &demo,
+            batch,
+            if smoke { k.min(2) } else { k },
+            steps,
+        );
+    }
+    let cfg = UNetConfig::from_file(&root.join("tools/ddpm_cifar10_32_config.json")).unwrap();
+    let cifar = UNet::from_weights(&bench.b.clone(), cfg, &Weights::synthetic(7)).unwrap();
+    // Smoke size: K = 1 only (a 35.7M-parameter step takes ~15 s emulated); it still checks
+    // that the architecture's activations stay finite in f16.
+    for k in if smoke { vec![1] } else { vec![1, 6] } {
+        let (batch, steps) = if smoke { (1, 1) } else { (16, 50) };
+        bench.end_to_end("cifar10-32", &cifar, batch, k, steps);
+    }
     let json = serde_json::json!({"device": name, "smoke": smoke, "peak": bench.peak, "results": bench.rows});
     let path = std::env::var("UQENGINE_BENCH_JSON").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/kernels-bench.json").into()

@@ -11,7 +11,9 @@
 # (the modules tests/kernels_emu.rs, tests/emu_selftest.rs, tests/device_sampler.rs of the
 # integration test binary); `ptxas -v` facts for
 # sm_90 (tools/ptxas-table.sh); the kernel benchmarks (benches/kernels.rs) next to PyTorch at the
-# same shapes when python3 has torch; end-to-end `sample` on the demo at K = 1 and K = 6 (images/s)
+# same shapes when python3 has torch (f16, as the engine), with whole sampling runs of the demo
+# and the ddpm-cifar10-32 architecture at K = 1 and K = 6 (images/s); end-to-end `sample` (with
+# the extractor and files) on the demo at K = 1 and K = 6 (images/s)
 # and the GPU against the CPU backend on 64 demo samples (max sample error, Spearman of the
 # scores). Everything is written under $OUT (default out/gpu-check). Budget: about 8 minutes.
 set -uo pipefail
@@ -120,7 +122,7 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     log "PyTorch at the same shapes"
     python3 - "$OUT/torch_bench.json" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
 import json, sys, torch, torch.nn.functional as F
-dev, bf = "cuda", torch.bfloat16
+dev, bf = "cuda", torch.float16  # the engine's activations and tensor-core type
 def t(f, reps=20):
     for _ in range(3): f()
     torch.cuda.synchronize()
