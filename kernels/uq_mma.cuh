@@ -83,16 +83,6 @@ inline float frag_b(int base, int k, int n) {
     const int l = n * 4 + (k % 8) / 2, reg = k >= 8 ? 1 : 0;
     return f16_half(get<unsigned>(l, base + reg), k & 1);
 }
-/// This lane's four D elements of A(abase) * B(bbase), without the accumulator.
-inline void mma_lane(float out[4], int abase, int bbase) {
-    const int l = (int)lane(), g = l / 4, t = l % 4;
-    for (int i = 0; i < 4; ++i) {
-        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-        float s = 0.0f;
-        for (int k = 0; k < 16; ++k) s += frag_a(abase, row, k) * frag_b(bbase, k, col);
-        out[i] = s;
-    }
-}
 
 template <int N, bool Trans>
 inline void ldmatrix(unsigned* r, const void* row) {
@@ -119,18 +109,6 @@ inline void ldmatrix(unsigned* r, const void* row) {
 }
 }  // namespace uq_emu
 
-inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
-    uq_emu::Warp& w = uq_emu::warp();
-    const unsigned l = uq_emu::lane();
-    for (int i = 0; i < 4; ++i) uq_emu::put(l, i, a[i]);
-    uq_emu::put(l, 4, b[0]);
-    uq_emu::put(l, 5, b[1]);
-    w.sync();
-    float out[4];
-    uq_emu::mma_lane(out, 0, 4);
-    w.sync();
-    for (int i = 0; i < 4; ++i) d[i] = c[i] + out[i];
-}
 // The batched helpers exchange all fragments at once: two warp barriers instead of two per tile.
 template <int M, int N>
 inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][4], const unsigned (&b)[N][2]) {
@@ -152,7 +130,7 @@ inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][
             for (int k = 0; k < 16; ++k)
                 for (int col = 0; col < 8; ++col) w.mma_b[n][k][col] = uq_emu::frag_b(M * 4 + n * 2, k, col);
     }
-    // This lane's D elements, summed over k in order from zero as `mma_lane` does.
+    // This lane's D elements, each summed over k in order from zero, then added to acc.
     const int g = (int)l / 4, t = (int)l % 4;
     float out[M][N][4];
     for (int m = 0; m < M; ++m)
@@ -169,6 +147,15 @@ inline void mma_tile_m16n8k16_f16(float (&acc)[M][N][4], const unsigned (&a)[M][
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < 4; ++i) acc[m][n][i] += out[m][n][i];
 }
+/// One tile: the batched helper with a single A and B fragment.
+inline void mma_m16n8k16_f16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    float acc[1][1][4] = {{{c[0], c[1], c[2], c[3]}}};
+    const unsigned af[1][4] = {{a[0], a[1], a[2], a[3]}};
+    const unsigned bf[1][2] = {{b[0], b[1]}};
+    mma_tile_m16n8k16_f16<1, 1>(acc, af, bf);
+    for (int i = 0; i < 4; ++i) d[i] = acc[0][0][i];
+}
+
 template <int N>
 inline void ldmatrix_x4_multi(unsigned (&r)[N][4], const void* const (&rows)[N]) {
     static_assert(N <= 16, "addresses exceed the warp's exchange slots");

@@ -1,7 +1,7 @@
 //! [`CudaBackend`]: the op set on a [`Device`]. Activations are f16 NHWC in device memory (IEEE
 //! half: 11 significant bits where bf16 has 8, the precision of the models' own fp16 inference;
 //! arithmetic and accumulation in f32); biases and normalisation parameters f32; conv/linear
-//! weights f16, reordered once at
+//! weights f16 on the tensor cores and f32 on the plain path (`uses_mma`), reordered once at
 //! `prepare_*` to `[cout][ky][kx][cin]` (K contiguous per output channel, what the implicit GEMM
 //! reads). Every op is one or two kernel launches; none uses float atomics.
 
